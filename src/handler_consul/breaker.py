@@ -46,7 +46,10 @@ class BreakerState(enum.StrEnum):
 
 
 TransitionListener = Callable[[str, BreakerState, BreakerState], None]
-"""Called as ``listener(breaker_name, old_state, new_state)`` once per transition."""
+"""Called as ``listener(breaker_name, old_state, new_state)`` once per transition.
+
+It runs inside the transition, on the loop: log or count there, never acquire a permit.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +265,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
+        """The state now; OPEN past its wait stays OPEN until a caller arrives."""
         self._state.expire(self)
         return self._state.name
 
@@ -272,7 +276,11 @@ class CircuitBreaker:
         return self._state.acquire(self)
 
     def retry_after_seconds(self) -> float:
-        """How long OPEN still refuses callers: 0.0 when not open, ``math.inf`` when forced."""
+        """How long OPEN still refuses callers: 0.0 when not open, ``math.inf`` when forced.
+
+        Infinity never fits inside a deadline, so a retry loop gives up at once; report it as
+        "unknown" (None) in anything that becomes JSON.
+        """
         state = self._state
         if not isinstance(state, _Open):
             return 0.0

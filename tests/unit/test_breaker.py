@@ -1,8 +1,8 @@
 """The breaker against RESILIENCE.md items 1-13, with a fake clock and no real sleeps.
 
 Item 12 (KeyboardInterrupt, SystemExit and CancelledError propagate and are never counted)
-is the caller's job and is tested in the handler's tests (tests/test_handler_resilience.py);
-here only the breaker's part: a permit resolved from ``finally`` counts nothing and never raises.
+is the caller's job, tested with the handler (planned: tests/test_handler_resilience.py).
+Here only the breaker's part: a permit resolved from ``finally`` counts nothing, never raises.
 """
 
 from __future__ import annotations
