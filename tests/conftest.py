@@ -1,0 +1,244 @@
+"""Harness fixtures: real Consul agents, a cluster, toxiproxy and a counting proxy.
+
+Fixtures (all start real processes on 127.0.0.1; all are stopped at session end):
+
+- ``consul_bin`` / ``toxiproxy_bin`` (session): binary paths from scripts/*-bin. If no binary
+  can be had the test FAILS with the reason; Consul-facing tests never skip.
+- ``consul_agent`` (session): a shared ``consul agent -dev``. Use unique keys per test.
+- ``fresh_consul_agent`` (function): a private dev agent, free to kill/restart.
+- ``acl_agent`` (session): dev agent with ACLs on, default deny; ``.management_token``,
+  ``.mint_token(rules_hcl) -> secret``.
+- ``consul_cluster`` (function): three servers; ``leader()``, ``followers()``,
+  ``kill_leader()``, ``restart(agent)``, ``wait_for_leader(exclude=None, timeout=30)``.
+- ``toxiproxy_server`` (session), ``toxiproxy_for(agent_or_addr) -> Toxiproxy`` (function
+  factory), ``toxiproxy`` (function, in front of ``consul_agent``).
+- ``counting_proxy`` (function, in front of ``consul_agent``), ``counting_proxy_for``.
+
+A failing test gets each live harness process's log tail attached to its report.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+from harness import (
+    AclConsulAgent,
+    BinaryUnavailable,
+    ConsulAgent,
+    ConsulCluster,
+    CountingProxy,
+    NotBuiltYet,
+    Toxiproxy,
+    ToxiproxyServer,
+)
+
+_KINDS = {"consul": "consul_bin", "toxiproxy": "toxiproxy_bin"}
+_binaries: dict[str, str | BinaryUnavailable] = {}
+_reported: set[str] = set()  # kinds whose version line has been printed
+
+
+def _lookup(kind: str, *, build: bool) -> str | BinaryUnavailable:
+    cached = _binaries.get(kind)
+    if isinstance(cached, str) or (cached is not None and not isinstance(cached, NotBuiltYet)):
+        return cached
+    try:
+        _binaries[kind] = harness.resolve(kind, build=build)
+    except BinaryUnavailable as exc:
+        _binaries[kind] = exc
+    return _binaries[kind]
+
+
+def _binary(kind: str) -> str:
+    found = _lookup(kind, build=True)
+    if isinstance(found, BinaryUnavailable):
+        pytest.fail(f"no {kind} binary, so this test cannot run: {found}", pytrace=False)
+    return found
+
+
+# ---- hooks -------------------------------------------------------------------------------
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI cancelling the job) becomes a KeyboardInterrupt, so pytest tears down and
+    # every agent is stopped; agents run in their own process groups and never see it.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+
+        def _on_sigterm(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _describe(kind: str, found: str | BinaryUnavailable) -> str:
+    if isinstance(found, NotBuiltYet):
+        return f"{kind}: not built yet; built before the first test that needs it"
+    if isinstance(found, BinaryUnavailable):
+        return f"{kind}: UNAVAILABLE: {found}"
+    _reported.add(kind)
+    return f"{kind}: {harness.version(kind, found)} ({found})"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The Consul and toxiproxy versions in use (without building anything here)."""
+    return [_describe(kind, _lookup(kind, build=False)).splitlines()[0] for kind in _KINDS]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries the selected tests need now, outside any test's timeout."""
+    needed = {
+        kind
+        for item in session.items
+        for kind, fixture in _KINDS.items()
+        if fixture in getattr(item, "fixturenames", ())
+    }
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for kind in sorted(needed):
+        found = _lookup(kind, build=False)
+        if isinstance(found, NotBuiltYet):
+            if reporter is not None:
+                reporter.write_line(f"harness: building {kind} with scripts/{kind}-bin (minutes)")
+            found = _lookup(kind, build=True)
+        # -q hides the header; the versions in use are printed here then (CI runs -q).
+        if reporter is not None and kind not in _reported:
+            reporter.write_line(_describe(kind, found))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for proc in harness.live_processes():
+            report.sections.append(
+                (f"{proc.kind} log tail: {proc.name}", f"{proc.describe()}\n{proc.log_tail(40)}")
+            )
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    harness.stop_all()
+
+
+# ---- harness fixtures --------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def consul_bin() -> str:
+    return _binary("consul")
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_bin() -> str:
+    return _binary("toxiproxy")
+
+
+@pytest.fixture(scope="session")
+def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data dirs and logs of session-wide processes (kept by pytest for post-mortems)."""
+    return tmp_path_factory.mktemp("harness")
+
+
+def _started(agent: ConsulAgent) -> ConsulAgent:
+    try:
+        agent.start()
+    except BaseException:
+        agent.close()
+        raise
+    return agent
+
+
+@pytest.fixture(scope="session")
+def consul_agent(consul_bin: str, harness_dir: Path) -> Iterator[ConsulAgent]:
+    agent = _started(ConsulAgent(consul_bin, name="shared-dev", base_dir=harness_dir))
+    yield agent
+    agent.close()
+
+
+@pytest.fixture
+def fresh_consul_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    agent = _started(ConsulAgent(consul_bin, name="fresh-dev", base_dir=tmp_path))
+    yield agent
+    agent.close()
+
+
+@pytest.fixture(scope="session")
+def acl_agent(consul_bin: str, harness_dir: Path) -> Iterator[AclConsulAgent]:
+    agent = _started(AclConsulAgent(consul_bin, name="shared-acl", base_dir=harness_dir))
+    assert isinstance(agent, AclConsulAgent)
+    yield agent
+    agent.close()
+
+
+@pytest.fixture
+def consul_cluster(consul_bin: str, tmp_path: Path) -> Iterator[ConsulCluster]:
+    cluster = ConsulCluster(consul_bin, base_dir=tmp_path).start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_server(toxiproxy_bin: str, harness_dir: Path) -> Iterator[ToxiproxyServer]:
+    server = ToxiproxyServer(toxiproxy_bin, base_dir=harness_dir)
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def toxiproxy_for(toxiproxy_server: ToxiproxyServer) -> Iterator[Callable[[Any], Toxiproxy]]:
+    """Factory: ``toxiproxy_for(agent_or_"host:port") -> Toxiproxy``, removed after the test."""
+    made: list[Toxiproxy] = []
+
+    def make(upstream: Any) -> Toxiproxy:
+        proxy = Toxiproxy(upstream, server=toxiproxy_server)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in reversed(made):
+        proxy.close()
+
+
+@pytest.fixture
+def toxiproxy(toxiproxy_for: Callable[[Any], Toxiproxy], consul_agent: ConsulAgent) -> Toxiproxy:
+    """A toxiproxy proxy in front of the shared ``consul_agent``."""
+    return toxiproxy_for(consul_agent)
+
+
+@pytest.fixture
+def counting_proxy_for() -> Iterator[Callable[[Any], CountingProxy]]:
+    """Factory: ``counting_proxy_for(agent_or_"host:port") -> CountingProxy`` (started)."""
+    made: list[CountingProxy] = []
+
+    def make(upstream: Any) -> CountingProxy:
+        proxy = CountingProxy(upstream).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in reversed(made):
+        proxy.close()
+
+
+@pytest.fixture
+def counting_proxy(
+    counting_proxy_for: Callable[[Any], CountingProxy], consul_agent: ConsulAgent
+) -> CountingProxy:
+    """A counting TCP proxy in front of the shared ``consul_agent``."""
+    return counting_proxy_for(consul_agent)
+
+
+# ---- product fixtures below ----

@@ -1,0 +1,35 @@
+"""Test harness: real Consul agents, a three-server cluster, toxiproxy, a counting proxy.
+
+Test code, not product code; stdlib only. Import it as ``harness`` (tests/ is on sys.path
+through tests/conftest.py). The fixtures in tests/conftest.py are the usual way in.
+"""
+
+from .binaries import BinaryUnavailable, NotBuiltYet, resolve, version
+from .consul import AclConsulAgent, ConsulAgent, ConsulCluster, ConsulHarnessError
+from .counting import CountingProxy
+from .httpc import Response, request
+from .ports import allocate_ports, release_ports
+from .procs import ManagedProcess, live_processes, stop_all
+from .toxiproxy import Toxiproxy, ToxiproxyError, ToxiproxyServer
+
+__all__ = [
+    "AclConsulAgent",
+    "BinaryUnavailable",
+    "ConsulAgent",
+    "ConsulCluster",
+    "ConsulHarnessError",
+    "CountingProxy",
+    "ManagedProcess",
+    "NotBuiltYet",
+    "Response",
+    "Toxiproxy",
+    "ToxiproxyError",
+    "ToxiproxyServer",
+    "allocate_ports",
+    "live_processes",
+    "release_ports",
+    "request",
+    "resolve",
+    "stop_all",
+    "version",
+]
