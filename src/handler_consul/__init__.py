@@ -1,0 +1,44 @@
+"""handler-consul: an asyncio effect handler for HashiCorp Consul.
+
+``HandlerConsul.execute(envelope)`` runs consul.register, consul.deregister, consul.kv_get
+and consul.kv_put through a bounded thread pool behind a circuit breaker. See README.md.
+"""
+
+from handler_consul._version import __version__
+from handler_consul.breaker import BreakerState, CircuitBreaker, MixinAsyncCircuitBreaker
+from handler_consul.envelope import Envelope, HandlerResponse
+from handler_consul.errors import (
+    ErrorContext,
+    InfraAuthenticationError,
+    InfraConfigurationError,
+    InfraConnectionError,
+    InfraConsulError,
+    InfraError,
+    InfraTimeoutError,
+    InfraUnavailableError,
+    InfraValidationError,
+)
+from handler_consul.handler import HandlerConsul
+from handler_consul.settings import BreakerSettings, ConsulSettings, RetrySettings
+
+__all__ = [
+    "BreakerSettings",
+    "BreakerState",
+    "CircuitBreaker",
+    "ConsulSettings",
+    "Envelope",
+    "ErrorContext",
+    "HandlerConsul",
+    "HandlerResponse",
+    "InfraAuthenticationError",
+    "InfraConfigurationError",
+    "InfraConnectionError",
+    "InfraConsulError",
+    "InfraError",
+    "InfraTimeoutError",
+    "InfraUnavailableError",
+    "InfraValidationError",
+    "MixinAsyncCircuitBreaker",
+    "RetrySettings",
+    "__version__",
+]

@@ -1,0 +1,40 @@
+"""The envelope an orchestrator hands in and the response it gets back."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["MAX_ENVELOPE_TIMEOUT_SECONDS", "Envelope", "HandlerResponse"]
+
+# An envelope may ask for a shorter or longer deadline than the default, but not one that
+# would let a single envelope pin a worker for hours.
+MAX_ENVELOPE_TIMEOUT_SECONDS = 3600.0
+
+
+class Envelope(BaseModel):
+    """One operation request. ``payload`` is checked against the operation's own model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    operation: str = Field(min_length=1, max_length=128)
+    payload: dict[str, Any] = Field(default_factory=dict, strict=True)
+    correlation_id: UUID | None = None
+    envelope_id: UUID | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=MAX_ENVELOPE_TIMEOUT_SECONDS)
+
+
+class HandlerResponse(BaseModel):
+    """A successful outcome; failures are raised as InfraError subclasses instead."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["success"] = "success"
+    operation: str
+    correlation_id: UUID
+    envelope_id: UUID | None = None
+    result: dict[str, Any]
+    attempts: int
+    duration_ms: float

@@ -1,0 +1,170 @@
+"""The error tree, split by what the caller can do about it.
+
+    InfraError
+    ├── InfraValidationError        fix the envelope; nothing reached Consul
+    ├── InfraConfigurationError     fix the settings; the handler did not start
+    ├── InfraConnectionError        transient: Consul unreachable, 5xx, 429 (retryable)
+    │   └── InfraTimeoutError       a request or the envelope deadline ran out
+    ├── InfraAuthenticationError    the token was refused (401/403); retrying will not help
+    ├── InfraUnavailableError       the handler refused work: breaker open, pool full,
+    │                               not initialized, shut down (may carry retry_after_seconds)
+    └── InfraConsulError            Consul rejected the request (400, 413, ...)
+
+Each class carries ``retryable`` and ``counts_as_failure`` as class attributes so the retry
+loop and the breaker read them instead of re-deriving a classification (aiokafka's idea).
+Every instance carries a frozen :class:`ErrorContext`; messages are written by this package
+and never interpolate the token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "ErrorCategory",
+    "ErrorContext",
+    "InfraAuthenticationError",
+    "InfraConfigurationError",
+    "InfraConnectionError",
+    "InfraConsulError",
+    "InfraError",
+    "InfraTimeoutError",
+    "InfraUnavailableError",
+    "InfraValidationError",
+]
+
+ErrorCategory = Literal[
+    "validation",
+    "configuration",
+    "connection",
+    "timeout",
+    "authentication",
+    "unavailable",
+    "consul",
+]
+
+
+class ErrorContext(BaseModel):
+    """Where and how a failure happened; safe to log and to ship to another process."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    transport: Literal["consul"] = "consul"
+    operation: str | None = None
+    target: str | None = None
+    correlation_id: UUID | None = None
+    datacenter: str | None = None
+    attempts: int = 0
+    retryable: bool = False
+    category: ErrorCategory = "consul"
+    status_code: int | None = None
+    field: str | None = None
+
+
+class InfraError(Exception):
+    """Base of every error the handler raises."""
+
+    category: ClassVar[ErrorCategory] = "consul"
+    retryable: ClassVar[bool] = False
+    counts_as_failure: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, context: ErrorContext | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context if context is not None else ErrorContext(category=self.category)
+        # True when the failed request may still have been applied by Consul (sent, then
+        # timed out or answered 5xx): such a write is re-sent only if it is idempotent.
+        self.outcome_unknown = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the class name, the message and the context."""
+        data: dict[str, Any] = {
+            "error": type(self).__name__,
+            "message": self.message,
+            "context": self.context.model_dump(mode="json"),
+        }
+        return data
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, context={self.context!r})"
+
+
+class InfraValidationError(InfraError):
+    """The envelope or payload is malformed; ``context.field`` names the offending field."""
+
+    category: ClassVar[ErrorCategory] = "validation"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        context: ErrorContext | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message, context=context)
+        self.errors: list[dict[str, Any]] = errors or []
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["errors"] = self.errors
+        return data
+
+
+class InfraConfigurationError(InfraError):
+    """The settings are invalid; ``context.field`` names the offending setting."""
+
+    category: ClassVar[ErrorCategory] = "configuration"
+
+
+class InfraConnectionError(InfraError):
+    """Consul could not be reached or answered with a transient failure (5xx, 429)."""
+
+    category: ClassVar[ErrorCategory] = "connection"
+    retryable = True
+    counts_as_failure = True
+
+
+class InfraTimeoutError(InfraConnectionError):
+    """A request timed out or the envelope's deadline passed.
+
+    A timed-out write may or may not have been applied, so the retry loop re-sends it only
+    when the operation is idempotent.
+    """
+
+    category: ClassVar[ErrorCategory] = "timeout"
+
+
+class InfraAuthenticationError(InfraError):
+    """Consul refused the token (401/403). Not retried and not an outage."""
+
+    category: ClassVar[ErrorCategory] = "authentication"
+
+
+class InfraUnavailableError(InfraError):
+    """The handler refused the envelope without asking Consul."""
+
+    category: ClassVar[ErrorCategory] = "unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        context: ErrorContext | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, context=context)
+        self.retry_after_seconds = retry_after_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["retry_after_seconds"] = self.retry_after_seconds
+        return data
+
+
+class InfraConsulError(InfraError):
+    """Consul answered and rejected the request (400, 413, other 4xx)."""
+
+    category: ClassVar[ErrorCategory] = "consul"

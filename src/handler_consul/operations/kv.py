@@ -1,0 +1,223 @@
+"""consul.kv_get and consul.kv_put: payload models and the functions that run them.
+
+The functions run in a worker thread and call python-consul2's ``kv`` endpoint. They
+normalise what python-consul2 returns: the index header as an ``int`` (it hands back the
+header string), a missing key as ``found: false`` (it returns a truthy ``(index, None)``),
+and values as text when they are UTF-8 and base64 otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from handler_consul.client import ConsulClient
+from handler_consul.validation import (
+    MAX_VALUE_BYTES,
+    UINT64_MAX,
+    KvKey,
+    KvPrefix,
+    SessionId,
+)
+
+__all__ = [
+    "KvEntry",
+    "KvGetKeysResult",
+    "KvGetPayload",
+    "KvGetRecurseResult",
+    "KvGetResult",
+    "KvPutPayload",
+    "KvPutResult",
+    "kv_get",
+    "kv_put",
+    "kv_put_is_idempotent",
+]
+
+_STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class KvGetPayload(BaseModel):
+    """Read one key, every key under a prefix (``recurse``), or key names only (``keys_only``)."""
+
+    model_config = _STRICT
+
+    key: KvPrefix
+    recurse: bool = False
+    keys_only: bool = False
+    separator: str | None = Field(None, min_length=1, max_length=16)
+    consistency: Literal["default", "stale", "consistent"] = "default"
+
+    @model_validator(mode="after")
+    def _modes(self) -> KvGetPayload:
+        if self.recurse and self.keys_only:
+            raise ValueError("recurse and keys_only are mutually exclusive")
+        if self.separator is not None and not self.keys_only:
+            raise ValueError("separator is only meaningful with keys_only")
+        if self.key == "" and not (self.recurse or self.keys_only):
+            raise ValueError("key must not be empty unless recurse or keys_only is set")
+        if self.separator is not None and not self.separator.isprintable():
+            raise ValueError("separator must be printable")
+        return self
+
+
+class KvPutPayload(BaseModel):
+    """Write one key; ``cas``, ``acquire`` and ``release`` make it conditional."""
+
+    model_config = _STRICT
+
+    key: KvKey
+    value: str | bytes
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    flags: int | None = Field(None, ge=0, le=UINT64_MAX)
+    cas: int | None = Field(None, ge=0, le=UINT64_MAX)
+    acquire: SessionId | None = None
+    release: SessionId | None = None
+
+    @model_validator(mode="after")
+    def _value_and_locks(self) -> KvPutPayload:
+        if self.acquire is not None and self.release is not None:
+            raise ValueError("acquire and release are mutually exclusive")
+        if isinstance(self.value, bytes) and self.encoding != "utf-8":
+            raise ValueError("encoding applies to text values only; bytes are sent as they are")
+        if len(self.data()) > MAX_VALUE_BYTES:
+            raise ValueError(f"value must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
+        return self
+
+    def data(self) -> bytes:
+        """The bytes to store."""
+        if isinstance(self.value, bytes):
+            return self.value
+        if self.encoding == "base64":
+            try:
+                return base64.b64decode(self.value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("value is not valid base64") from None
+        return self.value.encode("utf-8")
+
+
+class KvEntry(TypedDict):
+    key: str
+    value: str | None
+    encoding: Literal["utf-8", "base64"] | None
+    flags: int
+    modify_index: int
+    create_index: int
+    lock_index: int
+    session: str | None
+
+
+class KvGetResult(TypedDict):
+    key: str
+    found: bool
+    value: str | None
+    encoding: Literal["utf-8", "base64"] | None
+    flags: int | None
+    modify_index: int | None
+    create_index: int | None
+    lock_index: int | None
+    session: str | None
+    index: int
+
+
+class KvGetRecurseResult(TypedDict):
+    prefix: str
+    found: bool
+    items: list[KvEntry]
+    index: int
+
+
+class KvGetKeysResult(TypedDict):
+    prefix: str
+    keys: list[str]
+    index: int
+
+
+class KvPutResult(TypedDict):
+    key: str
+    applied: bool
+
+
+def _index(raw: Any) -> int:
+    """python-consul2 returns X-Consul-Index as the header string (or None)."""
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
+    if raw is None:
+        # Consul stores an empty value as null; give back what was written: "".
+        return "", "utf-8"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _entry(item: dict[str, Any]) -> KvEntry:
+    value, encoding = _decode_value(item.get("Value"))
+    return {
+        "key": item["Key"],
+        "value": value,
+        "encoding": encoding,
+        "flags": int(item.get("Flags", 0)),
+        "modify_index": int(item.get("ModifyIndex", 0)),
+        "create_index": int(item.get("CreateIndex", 0)),
+        "lock_index": int(item.get("LockIndex", 0)),
+        "session": item.get("Session"),
+    }
+
+
+def kv_get(
+    client: ConsulClient, payload: KvGetPayload
+) -> KvGetResult | KvGetRecurseResult | KvGetKeysResult:
+    consistency = None if payload.consistency == "default" else payload.consistency
+    raw_index, data = client.kv.get(
+        payload.key,
+        recurse=payload.recurse,
+        keys=payload.keys_only,
+        separator=payload.separator,
+        consistency=consistency,
+    )
+    index = _index(raw_index)
+    if payload.keys_only:
+        return {"prefix": payload.key, "keys": list(data or []), "index": index}
+    if payload.recurse:
+        items = [_entry(item) for item in data or []]
+        return {"prefix": payload.key, "found": bool(items), "items": items, "index": index}
+    if data is None:
+        return {
+            "key": payload.key,
+            "found": False,
+            "value": None,
+            "encoding": None,
+            "flags": None,
+            "modify_index": None,
+            "create_index": None,
+            "lock_index": None,
+            "session": None,
+            "index": index,
+        }
+    entry = _entry(data)
+    return {"found": True, **entry, "index": index}
+
+
+def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
+    applied = client.kv.put(
+        payload.key,
+        payload.data(),
+        cas=payload.cas,
+        flags=payload.flags,
+        acquire=payload.acquire,
+        release=payload.release,
+    )
+    return {"key": payload.key, "applied": applied is True}
+
+
+def kv_put_is_idempotent(payload: KvPutPayload) -> bool:
+    """A plain put can be re-sent; a CAS or lock write is never blindly re-sent."""
+    return payload.cas is None and payload.acquire is None and payload.release is None

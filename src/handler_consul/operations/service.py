@@ -1,0 +1,170 @@
+"""consul.register and consul.deregister on the local agent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypedDict
+
+import consul.base
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from handler_consul.client import ConsulClient
+from handler_consul.validation import (
+    Duration,
+    ServiceAddress,
+    ServiceId,
+    ServiceName,
+    Tag,
+    check_meta,
+)
+
+__all__ = [
+    "DeregisterPayload",
+    "DeregisterResult",
+    "HealthCheck",
+    "RegisterPayload",
+    "RegisterResult",
+    "ServiceWeights",
+    "deregister",
+    "register",
+]
+
+_STRICT = ConfigDict(
+    strict=True, frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+)
+# The reference handler's payloads call the ID ``consul_service_id``; both names are accepted.
+_SERVICE_ID_ALIASES = AliasChoices("service_id", "consul_service_id")
+
+
+class HealthCheck(BaseModel):
+    """Exactly one of ttl, http, tcp or grpc; interval is required except for ttl."""
+
+    model_config = _STRICT
+
+    ttl: Duration | None = None
+    http: str | None = Field(None, pattern=r"^https?://[^\s]+$", max_length=2048)
+    tcp: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$", max_length=300)
+    grpc: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:/]+$", max_length=300)
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    deregister_critical_service_after: Duration | None = None
+    name: str | None = Field(None, min_length=1, max_length=128)
+    notes: str | None = Field(None, max_length=1024)
+    status: Literal["passing", "warning", "critical"] | None = None
+    method: Literal["GET", "HEAD", "POST", "PUT"] | None = None
+    tls_skip_verify: bool | None = None
+    grpc_use_tls: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        kinds = [k for k in ("ttl", "http", "tcp", "grpc") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("exactly one of ttl, http, tcp or grpc must be set")
+        if kinds == ["ttl"]:
+            if self.interval is not None or self.timeout is not None:
+                raise ValueError("a ttl check takes no interval or timeout")
+        elif self.interval is None:
+            raise ValueError(f"a {kinds[0]} check needs an interval")
+        if self.method is not None and self.http is None:
+            raise ValueError("method applies to http checks only")
+        if self.grpc_use_tls is not None and self.grpc is None:
+            raise ValueError("grpc_use_tls applies to grpc checks only")
+        return self
+
+    def definition(self) -> dict[str, Any]:
+        """The check as Consul's agent API spells it."""
+        names = {
+            "ttl": "TTL",
+            "http": "HTTP",
+            "tcp": "TCP",
+            "grpc": "GRPC",
+            "interval": "Interval",
+            "timeout": "Timeout",
+            "deregister_critical_service_after": "DeregisterCriticalServiceAfter",
+            "name": "Name",
+            "notes": "Notes",
+            "status": "Status",
+            "method": "Method",
+            "tls_skip_verify": "TLSSkipVerify",
+            "grpc_use_tls": "GRPCUseTLS",
+        }
+        return {names[k]: v for k, v in self.model_dump(exclude_none=True).items()}
+
+
+class ServiceWeights(BaseModel):
+    model_config = _STRICT
+
+    passing: int = Field(1, ge=1, le=65535)
+    warning: int = Field(1, ge=0, le=65535)
+
+
+def _meta(value: dict[str, str]) -> dict[str, str]:
+    return check_meta(value)
+
+
+class RegisterPayload(BaseModel):
+    """A service definition for the local agent."""
+
+    model_config = _STRICT
+
+    service_id: ServiceId | None = Field(None, validation_alias=_SERVICE_ID_ALIASES)
+    name: ServiceName
+    address: ServiceAddress | None = None
+    port: int | None = Field(None, ge=0, le=65535)
+    tags: list[Tag] = Field(default_factory=list, max_length=256)
+    meta: Annotated[dict[str, str], AfterValidator(_meta)] = Field(default_factory=dict)
+    check: HealthCheck | None = None
+    weights: ServiceWeights | None = None
+    enable_tag_override: bool = False
+
+    @property
+    def effective_id(self) -> str:
+        """Consul uses the name as the ID when none is given."""
+        return self.service_id or self.name
+
+    def definition(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ID": self.effective_id, "Name": self.name}
+        if self.address is not None:
+            body["Address"] = self.address
+        if self.port is not None:
+            body["Port"] = self.port
+        if self.tags:
+            body["Tags"] = list(self.tags)
+        if self.meta:
+            body["Meta"] = dict(self.meta)
+        if self.check is not None:
+            body["Check"] = self.check.definition()
+        if self.weights is not None:
+            body["Weights"] = {"Passing": self.weights.passing, "Warning": self.weights.warning}
+        body["EnableTagOverride"] = self.enable_tag_override
+        return body
+
+
+class DeregisterPayload(BaseModel):
+    model_config = _STRICT
+
+    service_id: ServiceId = Field(validation_alias=_SERVICE_ID_ALIASES)
+
+
+class RegisterResult(TypedDict):
+    service_id: str
+    name: str
+    registered: bool
+
+
+class DeregisterResult(TypedDict):
+    service_id: str
+    deregistered: bool
+
+
+def register(client: ConsulClient, payload: RegisterPayload) -> RegisterResult:
+    ok = client.register_service(payload.definition())
+    if ok is not True:
+        # CB.bool() turns a 404 into False; a register cannot legitimately 404.
+        raise consul.base.NotFound("Consul answered 404 to a service registration")
+    return {"service_id": payload.effective_id, "name": payload.name, "registered": True}
+
+
+def deregister(client: ConsulClient, payload: DeregisterPayload) -> DeregisterResult:
+    # python-consul2 answers False on 404 ("Unknown service ID"): it was not registered.
+    removed = client.agent.service.deregister(payload.service_id)
+    return {"service_id": payload.service_id, "deregistered": removed is True}

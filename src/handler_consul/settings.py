@@ -1,0 +1,284 @@
+"""ConsulSettings: configuration from the environment, with Consul's own variables understood.
+
+Precedence, highest first, decided per field:
+
+1. the mapping given to ``initialize()`` (or keyword arguments to ``ConsulSettings``);
+2. ``CONSUL_HOST``, ``CONSUL_PORT``, ``CONSUL_SCHEME``, ``CONSUL_TOKEN`` and the other
+   ``CONSUL_*`` names of the contract;
+3. Consul's own ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_SSL``;
+4. the defaults.
+
+Level 3 is a settings source of its own placed below the environment source, so pydantic's
+merge gives that order without any special-casing. python-consul2 reads the same variables
+in its constructor and lets them win; :mod:`handler_consul.client` never runs that
+constructor, so what is resolved here is what is used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from handler_consul.errors import ErrorContext, InfraConfigurationError
+
+__all__ = ["BreakerSettings", "ConsulSettings", "RetrySettings", "load_settings"]
+
+# A host is a DNS name or an IP literal: nothing that could carry a path, a query, user
+# info or a second authority into the base URL.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class RetrySettings(BaseModel):
+    """Backoff for transient failures; every attempt stays inside the envelope deadline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(3, ge=1, le=10, description="Total attempts, the first included.")
+    initial_delay_seconds: float = Field(0.1, ge=0, le=60)
+    max_delay_seconds: float = Field(5.0, ge=0, le=300)
+    exponential_base: float = Field(2.0, ge=1, le=10)
+    budget_ratio: float = Field(
+        0.2, ge=0, le=1, description="Retries allowed per first attempt, over a sliding window."
+    )
+    budget_min_per_second: float = Field(
+        1.0, ge=0, description="Retries always allowed per second, so a quiet handler can retry."
+    )
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker per datacenter (see docs/patterns/circuit_breaker.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    failure_threshold: int = Field(5, ge=1, le=1000)
+    reset_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    half_open_max_calls: int = Field(1, ge=1, le=100)
+    slow_call_duration_seconds: float | None = Field(
+        None, gt=0, description="Calls slower than this count as failures; off when unset."
+    )
+    reset_timeout_multiplier: float = Field(
+        1.0, ge=1, le=10, description="Each consecutive re-open multiplies the wait by this."
+    )
+    max_reset_timeout_seconds: float = Field(300.0, gt=0, le=86400)
+
+
+class _ConsulHttpEnvSource(PydanticBaseSettingsSource):
+    """Consul's own variables, below the ``CONSUL_*`` names of the contract."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ builds the whole mapping at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        addr = os.environ.get("CONSUL_HTTP_ADDR", "").strip()
+        if addr:
+            values.update(_parse_http_addr(addr))
+        token = os.environ.get("CONSUL_HTTP_TOKEN")
+        if token:
+            values["token"] = token
+        ssl = os.environ.get("CONSUL_HTTP_SSL", "").strip().lower()
+        if ssl in {"1", "true", "yes", "on"}:
+            values["scheme"] = "https"
+        elif ssl in {"0", "false", "no", "off"} and "scheme" not in values:
+            values["scheme"] = "http"
+        return values
+
+
+def _parse_http_addr(addr: str) -> dict[str, Any]:
+    """``host:port``, ``scheme://host:port`` or ``unix://`` (refused) as Consul's CLI accepts."""
+    values: dict[str, Any] = {}
+    rest = addr
+    if "://" in addr:
+        scheme, rest = addr.split("://", 1)
+        values["scheme"] = scheme.lower()
+    rest = rest.rstrip("/")
+    if rest.startswith("["):  # [v6]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    values["host"] = host
+    if port:
+        values["port"] = port
+    elif values.get("scheme") == "https":
+        values["port"] = 443
+    return values
+
+
+class ConsulSettings(BaseSettings):
+    """Everything the handler needs to reach Consul; every field can come from ``CONSUL_*``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONSUL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    host: str = "localhost"
+    port: int = Field(8500, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    token: SecretStr | None = None
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias="CONSUL_TIMEOUT")
+    datacenter: str | None = None
+    max_concurrent_operations: int = Field(10, ge=1, le=100)
+    max_wait_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Longest wait for a pool slot; defaults to timeout_seconds.",
+    )
+    max_queued_operations: int = Field(
+        10_000,
+        ge=0,
+        description="Envelopes allowed to wait for a slot before new ones are refused.",
+    )
+    shutdown_grace_seconds: float = Field(5.0, ge=0, le=3600)
+    cacert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify_tls: bool = Field(True, validation_alias="CONSUL_HTTP_SSL_VERIFY")
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConsulHttpEnvSource(settings_cls))
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_plain(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise ValueError("must be a DNS name or an IP address, nothing more") from None
+        return value
+
+    @field_validator("scheme", mode="before")
+    @classmethod
+    def _scheme_lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("datacenter")
+    @classmethod
+    def _datacenter_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DATACENTER.match(value):
+            raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret:
+            return None
+        if any(ch in secret for ch in "\r\n\0") or not secret.isprintable():
+            # The message must not echo the value: it is a secret.
+            raise ValueError("must be printable text without line breaks")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ConsulSettings:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key is set without client_cert")
+        return self
+
+    @property
+    def effective_max_wait_seconds(self) -> float:
+        """The bound on waiting for a pool slot."""
+        return self.timeout_seconds if self.max_wait_seconds is None else self.max_wait_seconds
+
+    @property
+    def breaker_name(self) -> str:
+        return f"consul.{self.datacenter or 'default'}"
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings without secrets, for describe() and logs."""
+        data = self.model_dump(mode="json", exclude={"token"})
+        data["token_configured"] = self.token is not None
+        return data
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    base: ConsulSettings | None = None, overrides: Mapping[str, Any] | None = None
+) -> ConsulSettings:
+    """Build settings for ``initialize()``; failures become InfraConfigurationError.
+
+    The error names the field and pydantic's reason but never the input value, so a token
+    given in the wrong place cannot leak; the pydantic error is not chained for the same reason.
+    """
+    overrides = dict(overrides or {})
+    try:
+        if base is None:
+            return ConsulSettings(**overrides)
+        if not overrides:
+            return base
+        current = base.model_dump()
+        return ConsulSettings(**_deep_merge(current, overrides))
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        if field == "CONSUL_TIMEOUT":
+            field = "timeout_seconds"
+        elif field == "CONSUL_HTTP_SSL_VERIFY":
+            field = "verify_tls"
+        message = f"invalid Consul setting {field!r}: {first['msg']}"
+        error = InfraConfigurationError(
+            message, context=ErrorContext(category="configuration", field=field)
+        )
+    raise error

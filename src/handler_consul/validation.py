@@ -1,0 +1,163 @@
+"""Rules for every input that ends up in a URL path, a query or a Consul-validated field.
+
+Keys and service IDs are interpolated into paths such as ``/v1/kv/<key>`` and
+``/v1/agent/service/deregister/<id>``. A ``..`` segment there is normalised away by HTTP
+clients and by Go's router, so ``../agent/service/deregister/payments`` as a KV key would
+deregister a live service. These rules refuse anything that could make a path address an
+endpoint the operation did not mean; refused input never reaches Consul.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_META_KEY_LENGTH",
+    "MAX_META_PAIRS",
+    "MAX_META_VALUE_LENGTH",
+    "MAX_VALUE_BYTES",
+    "UINT64_MAX",
+    "Duration",
+    "KvKey",
+    "KvPrefix",
+    "ServiceAddress",
+    "ServiceId",
+    "ServiceName",
+    "SessionId",
+    "Tag",
+    "check_meta",
+]
+
+# Consul's default kv_max_value_size (limits.kv_max_value_size) is 512 KiB.
+MAX_VALUE_BYTES = 512 * 1024
+UINT64_MAX = 2**64 - 1
+MAX_KEY_LENGTH = 1024
+# Consul's own limits on service metadata (agent/structs: metaKeyFormat and friends).
+MAX_META_PAIRS = 64
+MAX_META_KEY_LENGTH = 128
+MAX_META_VALUE_LENGTH = 512
+
+_SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_SESSION_ID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+# Go's time.ParseDuration syntax, which is what Consul parses check intervals with.
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _printable(value: str) -> bool:
+    return value.isprintable()
+
+
+def _check_key_segments(value: str, *, allow_empty: bool) -> str:
+    if not value:
+        if allow_empty:
+            return value
+        raise ValueError("must not be empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"must be at most {MAX_KEY_LENGTH} characters")
+    if not _printable(value):
+        raise ValueError("must not contain control or non-printable characters")
+    if value.startswith("/"):
+        raise ValueError("must not start with '/'")
+    if "\\" in value:
+        raise ValueError("must not contain '\\'")
+    # A trailing '/' names a folder and is fine; an empty segment anywhere else ('a//b')
+    # and dot segments are rewritten by path normalisation, i.e. they address another path.
+    segments = value.split("/")
+    if value.endswith("/"):
+        segments = segments[:-1]
+    for segment in segments:
+        if segment in {"", ".", ".."}:
+            raise ValueError("must not contain empty, '.' or '..' path segments")
+    return value
+
+
+def _key(value: str) -> str:
+    return _check_key_segments(value, allow_empty=False)
+
+
+def _prefix(value: str) -> str:
+    return _check_key_segments(value, allow_empty=True)
+
+
+def _service_id(value: str) -> str:
+    if not _SERVICE_ID.match(value) or ".." in value:
+        raise ValueError(
+            "must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def _service_name(value: str) -> str:
+    if not _SERVICE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            "must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            raise ValueError("must be an IP address or a DNS name") from None
+        return value
+    if ip.is_unspecified:
+        raise ValueError(f"must not be the unspecified address {value}")
+    return value
+
+
+def _session(value: str) -> str:
+    if not _SESSION_ID.match(value):
+        raise ValueError("must be a session UUID")
+    return value
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.match(value):
+        raise ValueError("must be a Go duration such as '10s', '500ms' or '1m30s'")
+    return value
+
+
+def _tag(value: str) -> str:
+    if not value or len(value) > 255 or not _printable(value):
+        raise ValueError("must be 1-255 printable characters")
+    return value
+
+
+def check_meta(meta: dict[str, str]) -> dict[str, str]:
+    """Consul's rules for service metadata, checked before the request is made."""
+    if len(meta) > MAX_META_PAIRS:
+        raise ValueError(f"must have at most {MAX_META_PAIRS} pairs")
+    for key, value in meta.items():
+        if not _META_KEY.match(key):
+            raise ValueError(f"key {key!r} must be 1-128 letters, digits, '_' or '-'")
+        if key.startswith("consul-"):
+            raise ValueError(f"key {key!r} uses the reserved 'consul-' prefix")
+        if len(value) > MAX_META_VALUE_LENGTH:
+            raise ValueError(f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} characters")
+    return meta
+
+
+KvKey = Annotated[str, AfterValidator(_key)]
+KvPrefix = Annotated[str, AfterValidator(_prefix)]
+ServiceId = Annotated[str, AfterValidator(_service_id)]
+ServiceName = Annotated[str, AfterValidator(_service_name)]
+ServiceAddress = Annotated[str, AfterValidator(_address)]
+SessionId = Annotated[str, AfterValidator(_session)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Tag = Annotated[str, AfterValidator(_tag)]
