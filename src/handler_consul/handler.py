@@ -109,19 +109,10 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         runtime = self._build_runtime(settings)
         fields = ContextFields("initialize", None, settings.breaker_name, settings.datacenter)
         try:
-            leader = await runtime.pool.run(
-                _call_leader,
-                runtime.client,
-                settings.timeout_seconds,
-                timeout=settings.timeout_seconds,
-            )
+            leader, error = await self._probe_leader(runtime, fields)
         except _UNCOUNTED:
             self._dispose(runtime)
             raise
-        except BaseException as exc:  # translated below, outside the except block
-            error = translate(exc, fields, attempts=1, token=runtime.token)
-        else:
-            error = None  # type: ignore[assignment]
         if error is not None:
             self._dispose(runtime)
             raise error
@@ -149,6 +140,21 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             settings.breaker_name,
             extra={"target": settings.breaker_name, "leader": leader},
         )
+
+    async def _probe_leader(
+        self, runtime: _Runtime, fields: ContextFields
+    ) -> tuple[str, InfraError | None]:
+        """GET /v1/status/leader in the pool: the leader's address, or the translated error."""
+        timeout = runtime.settings.timeout_seconds
+        try:
+            leader: str = await runtime.pool.run(
+                _call_leader, runtime.client, timeout, timeout=timeout
+            )
+        except _UNCOUNTED:
+            raise
+        except BaseException as exc:  # translated: the caller decides whether to raise it
+            return "", translate(exc, fields, attempts=1, token=runtime.token)
+        return leader, None
 
     def _build_runtime(self, settings: ConsulSettings) -> _Runtime:
         client = build_client(settings)
@@ -455,19 +461,13 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         breaker = self.circuit_breaker(runtime.settings.datacenter)
         fields = ContextFields("health_check", None, breaker.name, runtime.settings.datacenter)
         started = self._clock()
-        timeout = runtime.settings.timeout_seconds
-        try:
-            leader: str = await runtime.pool.run(
-                _call_leader, runtime.client, timeout, timeout=timeout
-            )
-        except _UNCOUNTED:
-            raise
-        except BaseException as exc:  # reported, not raised: this is a health report
-            error = translate(exc, fields, attempts=1, token=runtime.token)
+        leader, error = await self._probe_leader(runtime, fields)
+        latency_ms = round((self._clock() - started) * 1000.0, 3)
+        if error is not None:
             return {
                 "healthy": False,
                 "initialized": True,
-                "latency_ms": round((self._clock() - started) * 1000.0, 3),
+                "latency_ms": latency_ms,
                 "leader": None,
                 "breaker": breaker.state.value,
                 "error": error.message,
@@ -476,7 +476,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         return {
             "healthy": bool(leader) and breaker.state is not BreakerState.OPEN,
             "initialized": True,
-            "latency_ms": round((self._clock() - started) * 1000.0, 3),
+            "latency_ms": latency_ms,
             "leader": leader or None,
             "breaker": breaker.state.value,
         }
