@@ -242,3 +242,65 @@ def counting_proxy(
 
 
 # ---- product fixtures below ----
+
+# Fixtures for the product tests (tests/test_operations.py and friends). Each handler made
+# here is shut down at the end of its test; ``clean_consul_env`` removes every variable the
+# settings (or python-consul2) would read, so a developer's shell cannot change a result.
+CONSUL_ENV_VARS = (
+    "CONSUL_HOST",
+    "CONSUL_PORT",
+    "CONSUL_SCHEME",
+    "CONSUL_TOKEN",
+    "CONSUL_TIMEOUT",
+    "CONSUL_DATACENTER",
+    "CONSUL_MAX_CONCURRENT_OPERATIONS",
+    "CONSUL_MAX_WAIT_SECONDS",
+    "CONSUL_MAX_QUEUED_OPERATIONS",
+    "CONSUL_SHUTDOWN_GRACE_SECONDS",
+    "CONSUL_CACERT",
+    "CONSUL_CLIENT_CERT",
+    "CONSUL_CLIENT_KEY",
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_SSL",
+    "CONSUL_HTTP_SSL_VERIFY",
+    "CONSUL_HTTP_AUTH",
+    "CONSUL_RETRY",
+    "CONSUL_BREAKER",
+)
+
+
+@pytest.fixture
+def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper in CONSUL_ENV_VARS or upper.startswith(("CONSUL_RETRY__", "CONSUL_BREAKER__")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def make_handler(clean_consul_env: None) -> Any:
+    """Factory: ``await make_handler(agent_or_proxy, **settings)`` -> an initialized handler."""
+    from handler_consul import ConsulSettings, HandlerConsul
+
+    made: list[HandlerConsul] = []
+
+    async def make(target: Any, **settings: Any) -> HandlerConsul:
+        handler = HandlerConsul(
+            settings=ConsulSettings(host=target.host, port=target.port, **settings)
+        )
+        made.append(handler)
+        await handler.initialize()
+        return handler
+
+    yield make
+    for handler in reversed(made):
+        await handler.shutdown()
+
+
+@pytest.fixture
+async def handler(make_handler: Any, consul_agent: ConsulAgent) -> Any:
+    """An initialized handler on the shared dev agent."""
+    return await make_handler(consul_agent)

@@ -1,0 +1,37 @@
+"""Small helpers shared by the product tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+
+def uniq(prefix: str = "t") -> str:
+    """A name no other test uses (the session agent is shared)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def envelope(operation: str, **payload: Any) -> dict[str, Any]:
+    return {"operation": f"consul.{operation}", "payload": payload}
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception reachable through ``__cause__`` and ``__context__``."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None:
+                todo.append(nxt)
+
+
+def context_dict(exc: Any) -> dict[str, Any]:
+    """The error context as plain JSON data."""
+    data: dict[str, Any] = exc.context.model_dump(mode="json")
+    return data
