@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from harness import (
@@ -19,7 +23,7 @@ from harness import (
     release_ports,
 )
 
-pytestmark = pytest.mark.consul
+HERE = Path(__file__).resolve().parent
 
 
 def _http(
@@ -67,6 +71,7 @@ def test_ports_are_never_handed_out_twice() -> None:
 
 
 # ---- dev agent ---------------------------------------------------------------------------
+@pytest.mark.consul
 def test_agent_answers_leader_and_kv_round_trip(consul_agent: ConsulAgent) -> None:
     assert consul_agent.host == "127.0.0.1"
     assert consul_agent.http_addr == f"127.0.0.1:{consul_agent.http_port}"
@@ -83,6 +88,7 @@ def test_agent_answers_leader_and_kv_round_trip(consul_agent: ConsulAgent) -> No
     assert (status, body) == (200, b"hello consul")
 
 
+@pytest.mark.consul
 def test_agent_dns_and_grpc_are_disabled(consul_agent: ConsulAgent) -> None:
     ports = consul_agent.request("GET", "/v1/agent/self").json()["DebugConfig"]
     assert ports["DNSPort"] == -1
@@ -91,6 +97,7 @@ def test_agent_dns_and_grpc_are_disabled(consul_agent: ConsulAgent) -> None:
     assert ports["HTTPPort"] == consul_agent.http_port
 
 
+@pytest.mark.consul
 def test_fresh_agent_can_be_killed_and_restarted(fresh_consul_agent: ConsulAgent) -> None:
     agent = fresh_consul_agent
     pid, port = agent.pid, agent.http_port
@@ -107,6 +114,7 @@ def test_fresh_agent_can_be_killed_and_restarted(fresh_consul_agent: ConsulAgent
 
 
 # ---- ACL agent ---------------------------------------------------------------------------
+@pytest.mark.consul
 def test_acl_agent_refuses_anonymous_and_accepts_minted_token(acl_agent: AclConsulAgent) -> None:
     addr = acl_agent.http_addr
     key = _key()
@@ -137,6 +145,7 @@ def test_acl_agent_refuses_anonymous_and_accepts_minted_token(acl_agent: AclCons
     assert status == 200
 
 
+@pytest.mark.consul
 def test_minted_read_only_token_cannot_write(acl_agent: AclConsulAgent) -> None:
     token = acl_agent.mint_token('key_prefix "harness-test/" { policy = "read" }')
     status, _ = _http(acl_agent.http_addr, "PUT", f"/v1/kv/{_key()}", b"x", token=token)
@@ -144,6 +153,7 @@ def test_minted_read_only_token_cannot_write(acl_agent: AclConsulAgent) -> None:
 
 
 # ---- cluster -----------------------------------------------------------------------------
+@pytest.mark.consul
 @pytest.mark.slow
 def test_cluster_elects_new_leader_after_leader_is_killed(consul_cluster: ConsulCluster) -> None:
     cluster = consul_cluster
@@ -182,6 +192,7 @@ def test_cluster_elects_new_leader_after_leader_is_killed(consul_cluster: Consul
 
 
 # ---- toxiproxy ---------------------------------------------------------------------------
+@pytest.mark.consul
 def test_toxiproxy_latency_shows_in_round_trip(toxiproxy: Toxiproxy) -> None:
     baseline = min(_round_trip(toxiproxy.listen_addr) for _ in range(3))
     assert baseline < 0.1, f"baseline round trip {baseline:.3f}s"
@@ -195,6 +206,7 @@ def test_toxiproxy_latency_shows_in_round_trip(toxiproxy: Toxiproxy) -> None:
     assert min(_round_trip(toxiproxy.listen_addr) for _ in range(3)) < 0.1
 
 
+@pytest.mark.consul
 def test_toxiproxy_down_up_timeout_reset(toxiproxy: Toxiproxy) -> None:
     addr = toxiproxy.listen_addr
     toxiproxy.down()
@@ -215,6 +227,7 @@ def test_toxiproxy_down_up_timeout_reset(toxiproxy: Toxiproxy) -> None:
     assert _round_trip(addr) < 1
 
 
+@pytest.mark.consul
 def test_toxiproxy_for_a_fresh_agent(toxiproxy_for, fresh_consul_agent: ConsulAgent) -> None:
     proxy = toxiproxy_for(fresh_consul_agent)
     assert proxy.upstream_addr == fresh_consul_agent.http_addr
@@ -225,6 +238,7 @@ def test_toxiproxy_for_a_fresh_agent(toxiproxy_for, fresh_consul_agent: ConsulAg
 
 
 # ---- counting proxy ----------------------------------------------------------------------
+@pytest.mark.consul
 def test_counting_proxy_counts_and_records_requests(counting_proxy: CountingProxy) -> None:
     assert (counting_proxy.connections, counting_proxy.requests) == (0, 0)
     key = _key()
@@ -258,6 +272,7 @@ def test_counting_proxy_counts_and_records_requests(counting_proxy: CountingProx
     )
 
 
+@pytest.mark.consul
 def test_counting_proxy_sees_nothing_when_nothing_is_sent(
     counting_proxy: CountingProxy,
 ) -> None:
@@ -269,3 +284,34 @@ def test_counting_proxy_sees_nothing_when_nothing_is_sent(
     assert counting_proxy.connections == 1
     assert counting_proxy.requests == 0
     assert counting_proxy.request_lines == []
+
+
+# ---- no binary: the run fails and says why -----------------------------------------------
+def test_without_a_binary_consul_tests_fail_and_say_why(tmp_path: Path) -> None:
+    """No CONSUL_BIN, no consul on PATH, an empty cache and no Go: an error, never a skip."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CONSUL_BIN", "TOXIPROXY_BIN")}
+    env.update(PATH="/usr/bin:/bin", HANDLER_CONSUL_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--no-header",
+            f"{HERE / 'test_harness.py'}::test_agent_answers_leader_and_kv_round_trip",
+        ],
+        cwd=HERE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "no consul binary, so this test cannot run" in out
+    assert "no Go toolchain" in out
+    assert "1 error" in out
+    assert "skipped" not in out

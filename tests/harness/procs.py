@@ -46,7 +46,6 @@ class ManagedProcess:
     def _spawn(self, argv: list[str], *, cwd: Path | None = None) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        self._reap()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             stamp = time.strftime("%H:%M:%S")
@@ -77,39 +76,41 @@ class ManagedProcess:
         return self._proc.poll() if self._proc is not None else None
 
     def _killpg(self, sig: int) -> None:
-        if self._proc is None:
+        # Only while the leader is unreaped (alive or a zombie): its pid, and so the group id,
+        # cannot have been reused by an unrelated process group.
+        if self._proc is None or self._proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
 
-    def _reap(self, timeout: float = 5.0) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._killpg(signal.SIGKILL)
-            self._proc.wait(timeout)
+    def _exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the leader to exit, without reaping it."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if info is not None or time.monotonic() >= deadline:
+                return info is not None
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the whole process group, wait, SIGKILL after ``timeout`` seconds."""
-        if self._proc is None:
+        if self._proc is None or self._proc.returncode is not None:
             return
-        if self._proc.poll() is None:
-            self._killpg(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._killpg(signal.SIGKILL)
-        self._killpg(signal.SIGKILL)  # anything left in the group
-        self._reap()
+        self._killpg(signal.SIGTERM)
+        self._exited(timeout)
+        self._killpg(signal.SIGKILL)  # the leader if it ignored SIGTERM, and any stragglers
+        self._proc.wait()
 
     def kill(self) -> None:
         """SIGKILL the whole process group and reap it."""
-        if self._proc is None:
+        if self._proc is None or self._proc.returncode is not None:
             return
         self._killpg(signal.SIGKILL)
-        self._reap()
+        self._proc.wait()
 
     def close(self) -> None:
         """Stop for good and leave the registry."""
