@@ -86,6 +86,13 @@ class BoundedThreadPool:
         self._idle_threads = 0
         self._closed = False
         self._pending: set[asyncio.Future[Any]] = set()
+        # Finished calls waiting to be settled on the loop. Workers append and wake the loop
+        # only when no drain is already scheduled: one wakeup serves a burst of completions,
+        # which matters because every wakeup makes the loop thread re-acquire the GIL.
+        self._completed: collections.deque[tuple[_Job[Any], Any, BaseException | None]] = (
+            collections.deque()
+        )
+        self._drain_scheduled = False
         self.peak_busy = 0
 
     # -- introspection -------------------------------------------------------------------
@@ -218,9 +225,20 @@ class BoundedThreadPool:
                 self._post(job, result, None)
 
     def _post(self, job: _Job[Any], result: Any, exc: BaseException | None) -> None:
+        self._completed.append((job, result, exc))
+        if self._drain_scheduled:
+            return
+        self._drain_scheduled = True
         # RuntimeError: the loop is closed, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(self._finish, job, result, exc)
+            job.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Reset before popping: a worker that appends after this line schedules a new drain.
+        self._drain_scheduled = False
+        completed = self._completed
+        while completed:
+            self._finish(*completed.popleft())
 
     def _finish(self, job: _Job[Any], result: Any, exc: BaseException | None) -> None:
         self._idle_threads += 1
