@@ -15,14 +15,18 @@ MAX_ENVELOPE_TIMEOUT_SECONDS = 3600.0
 
 
 class Envelope(BaseModel):
-    """One operation request. ``payload`` is checked against the operation's own model."""
+    """One operation request. ``payload`` is checked against the operation's own model.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Strict: ``"5"`` is not a timeout and ``1`` is not an operation. The IDs alone accept
+    their text form, since that is how UUIDs travel in JSON.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
     operation: str = Field(min_length=1, max_length=128)
-    payload: dict[str, Any] = Field(default_factory=dict, strict=True)
-    correlation_id: UUID | None = None
-    envelope_id: UUID | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    correlation_id: UUID | None = Field(None, strict=False)
+    envelope_id: UUID | None = Field(None, strict=False)
     timeout_seconds: float | None = Field(None, gt=0, le=MAX_ENVELOPE_TIMEOUT_SECONDS)
 
 

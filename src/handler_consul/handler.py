@@ -211,12 +211,13 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._drained = None
         logger.info("shut down", extra={"target": runtime.settings.breaker_name})
 
-    @staticmethod
-    def _shutdown_error() -> InfraUnavailableError:
+    def _shutdown_error(self) -> InfraUnavailableError:
         return InfraUnavailableError(
             "HandlerConsul shut down before this envelope finished",
             context=make_context(
-                ContextFields(None, None, "consul", None), InfraUnavailableError, attempts=0
+                ContextFields(None, None, self._target(), self._datacenter()),
+                InfraUnavailableError,
+                attempts=0,
             ),
         )
 
@@ -241,9 +242,11 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         correlation_id = env.correlation_id or _new_correlation_id()
         runtime = self._runtime
         settings = runtime.settings if runtime is not None else self._base_settings
-        target = settings.breaker_name if settings is not None else "consul.default"
         fields = ContextFields(
-            operation.name, correlation_id, target, settings.datacenter if settings else None
+            operation.name,
+            correlation_id,
+            self._target(),
+            settings.datacenter if settings else None,
         )
         if runtime is None or self._closing:
             message = (
@@ -390,12 +393,21 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
 
     # -- parsing -------------------------------------------------------------------------
 
+    def _target(self) -> str:
+        """The breaker name errors report as their target, even before initialize()."""
+        settings = self._runtime.settings if self._runtime else self._base_settings
+        return settings.breaker_name if settings is not None else "consul.default"
+
+    def _datacenter(self) -> str | None:
+        settings = self._runtime.settings if self._runtime else self._base_settings
+        return settings.datacenter if settings is not None else None
+
     def _parse(self, envelope: Envelope | Mapping[str, Any]) -> tuple[Operation, Any, Envelope]:
         problem: InfraValidationError | None = None
         try:
             env = envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)
         except ValidationError as exc:
-            problem = _validation_error(exc, prefix="", operation=None, envelope=envelope)
+            problem = _validation_error(exc, "", None, envelope, self._target(), self._datacenter())
         if problem is not None:
             raise problem
         operation = OPERATIONS.get(env.operation)
@@ -404,7 +416,9 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             raise InfraValidationError(
                 f"unknown operation {env.operation!r}; supported: {', '.join(sorted(OPERATIONS))}",
                 context=make_context(
-                    ContextFields(env.operation, correlation_id, "consul", None),
+                    ContextFields(
+                        env.operation, correlation_id, self._target(), self._datacenter()
+                    ),
                     InfraValidationError,
                     attempts=0,
                     field="operation",
@@ -414,7 +428,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             payload = operation.payload_model.model_validate(env.payload)
         except ValidationError as exc:
             problem = _validation_error(
-                exc, prefix="payload", operation=operation.name, envelope=env
+                exc, "payload", operation.name, env, self._target(), self._datacenter()
             )
         if problem is not None:
             raise problem
@@ -571,7 +585,12 @@ def _field_name(loc: tuple[int | str, ...], prefix: str) -> str:
 
 
 def _validation_error(
-    exc: ValidationError, *, prefix: str, operation: str | None, envelope: Any
+    exc: ValidationError,
+    prefix: str,
+    operation: str | None,
+    envelope: Any,
+    target: str,
+    datacenter: str | None,
 ) -> InfraValidationError:
     """Name the first offending field; never echo input values (they may be secrets)."""
     errors = exc.errors(include_input=False, include_url=False, include_context=False)
@@ -599,7 +618,7 @@ def _validation_error(
     return InfraValidationError(
         message,
         context=make_context(
-            ContextFields(operation, correlation_id, "consul", None),
+            ContextFields(operation, correlation_id, target, datacenter),
             InfraValidationError,
             attempts=0,
             field=field,
