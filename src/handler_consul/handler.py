@@ -238,6 +238,33 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
     async def execute(self, envelope: Envelope | Mapping[str, Any]) -> HandlerResponse:
         """Run one envelope; return a HandlerResponse or raise an InfraError subclass."""
         started = self._clock()
+        try:
+            return await self._execute(envelope, started)
+        except InfraError as error:
+            if _envelope_log.isEnabledFor(logging.DEBUG):
+                self._log_outcome(error, started)
+            raise
+
+    def _log_outcome(self, error: InfraError, started: float) -> None:
+        """One DEBUG record per failed envelope, with the fields orchestrators filter on."""
+        context = error.context
+        _envelope_log.debug(
+            "%s failed: %s",
+            context.operation or "envelope",
+            type(error).__name__,
+            extra={
+                "correlation_id": str(context.correlation_id) if context.correlation_id else None,
+                "operation": context.operation,
+                "attempt": context.attempts,
+                "duration_ms": round((self._clock() - started) * 1000.0, 3),
+                "outcome": type(error).__name__,
+                "field": context.field,
+            },
+        )
+
+    async def _execute(
+        self, envelope: Envelope | Mapping[str, Any], started: float
+    ) -> HandlerResponse:
         operation, payload, env = self._parse(envelope)
         correlation_id = env.correlation_id or _new_correlation_id()
         runtime = self._runtime
