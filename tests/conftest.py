@@ -304,3 +304,11 @@ async def make_handler(clean_consul_env: None) -> Any:
 async def handler(make_handler: Any, consul_agent: ConsulAgent) -> Any:
     """An initialized handler on the shared dev agent."""
     return await make_handler(consul_agent)
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port reserved for this test on which nothing listens (connection refused)."""
+    (port,) = harness.allocate_ports(1)
+    yield port
+    harness.release_ports([port])

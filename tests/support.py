@@ -35,3 +35,30 @@ def context_dict(exc: Any) -> dict[str, Any]:
     """The error context as plain JSON data."""
     data: dict[str, Any] = exc.context.model_dump(mode="json")
     return data
+
+
+def expected_context(
+    *,
+    operation: str | None,
+    category: str,
+    retryable: bool,
+    attempts: int,
+    correlation_id: Any = None,
+    target: str | None = "consul.default",
+    datacenter: str | None = None,
+    status_code: int | None = None,
+    field: str | None = None,
+) -> dict[str, Any]:
+    """The exact ``error.context.model_dump(mode="json")`` a test expects."""
+    return {
+        "transport": "consul",
+        "operation": operation,
+        "target": target,
+        "correlation_id": None if correlation_id is None else str(correlation_id),
+        "datacenter": datacenter,
+        "attempts": attempts,
+        "retryable": retryable,
+        "category": category,
+        "status_code": status_code,
+        "field": field,
+    }
