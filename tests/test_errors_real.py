@@ -46,7 +46,9 @@ def kv_put(key: str, value: str = "v", **kw: Any) -> dict[str, Any]:
 # -- InfraAuthenticationError: 403 from the ACL agent ------------------------------------------
 
 
-@pytest.mark.parametrize("token", [None, "00000000-1111-2222-3333-444444444444"], ids=["none", "unknown"])
+@pytest.mark.parametrize(
+    "token", [None, "00000000-1111-2222-3333-444444444444"], ids=["none", "unknown"]
+)
 async def test_403_from_acl_agent_is_authentication_error(make_handler, acl_agent, token):
     extra = {} if token is None else {"token": token}
     handler = await make_handler(acl_agent, **extra)
@@ -393,5 +395,10 @@ def test_error_tree():
         assert issubclass(cls, InfraError)
     assert InfraConnectionError.retryable is True
     assert InfraTimeoutError.retryable is True
-    for cls in (InfraValidationError, InfraAuthenticationError, InfraUnavailableError, InfraConsulError):
+    for cls in (
+        InfraValidationError,
+        InfraAuthenticationError,
+        InfraUnavailableError,
+        InfraConsulError,
+    ):
         assert cls.retryable is False

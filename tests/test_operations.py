@@ -406,7 +406,9 @@ async def test_recurse_returns_items_sorted_as_consul_does(handler):
     keys = [item["key"] for item in got["items"]]
     assert keys == sorted(keys)
     assert keys == [prefix + n for n in ("a", "b", "bb", "c/d", "raw")]
-    values = {item["key"][len(prefix) :]: (item["value"], item["encoding"]) for item in got["items"]}
+    values = {
+        item["key"][len(prefix) :]: (item["value"], item["encoding"]) for item in got["items"]
+    }
     assert values == {
         "a": ("1", "utf-8"),
         "b": ("2", "utf-8"),

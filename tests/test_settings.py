@@ -175,7 +175,7 @@ async def test_initialize_nested_mapping_merges_with_env(monkeypatch, consul_age
         await handler.shutdown()
 
 
-# -- precedence, proved on the wire -----------------------------------------------------------------
+# -- precedence, proved on the wire ------------------------------------------------------------
 
 
 async def test_consul_port_beats_consul_http_addr(monkeypatch, consul_agent, dead_port):

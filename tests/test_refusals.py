@@ -1,0 +1,468 @@
+"""Every refusal sends nothing: bad envelopes fail with InfraValidationError before any request.
+
+The handler talks to the shared agent through a counting proxy. After initialize() its
+request count, bytes sent and connection count are noted; a refused envelope must leave all
+three unchanged. A final good request proves the proxy was counting all along.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import ConsulAgent, CountingProxy
+from support import envelope, uniq
+
+from handler_consul import ConsulSettings, HandlerConsul, InfraValidationError
+
+pytestmark = pytest.mark.usefixtures("clean_consul_env")
+
+SESSION = "8d7f4a4e-5b7c-4b64-9d39-0f6f2a1f0c11"
+TRAVERSAL_BUG = pytest.mark.xfail(
+    strict=True, reason="bug: /tmp/bugs/percent-encoded-traversal-keys.md"
+)
+FIELD_BUG = pytest.mark.xfail(strict=True, reason="bug: /tmp/bugs/refusal-field-names.md")
+
+
+@pytest.fixture(scope="module")
+def proxy(consul_agent: ConsulAgent) -> Iterator[CountingProxy]:
+    """One counting proxy for the module (each test compares counts before and after)."""
+    with CountingProxy(consul_agent) as counting:
+        yield counting
+
+
+@pytest.fixture
+async def handler(proxy: CountingProxy, clean_consul_env: None) -> Any:
+    h = HandlerConsul(settings=ConsulSettings(host=proxy.host, port=proxy.port))
+    await h.initialize()
+    yield h
+    await h.shutdown()
+
+
+def snapshot(proxy: CountingProxy) -> tuple[int, int, int]:
+    return proxy.requests, proxy.bytes_up, proxy.connections
+
+
+async def assert_refused(
+    handler: HandlerConsul, proxy: CountingProxy, env: Any, field: str
+) -> InfraValidationError:
+    before = snapshot(proxy)
+    with pytest.raises(InfraValidationError) as caught:
+        await handler.execute(env)
+    error = caught.value
+    assert snapshot(proxy) == before, f"a refused envelope reached Consul: {proxy.paths[-3:]}"
+    assert error.context.field == field, str(error)
+    assert error.context.category == "validation"
+    assert error.context.attempts == 0
+    assert error.context.retryable is False
+    # The proxy still counts: one good request shows up as exactly one request line.
+    await handler.execute(envelope("kv_get", key=f"{uniq('probe')}/k"))
+    assert proxy.requests == before[0] + 1
+    return error
+
+
+def kv_put(**payload: Any) -> dict[str, Any]:
+    return envelope("kv_put", **payload)
+
+
+def case(op: str, payload: dict[str, Any], field: str, id: str, *marks: Any) -> Any:
+    return pytest.param(op, payload, field, id=f"{op}-{id}", marks=list(marks))
+
+
+BAD_PAYLOADS = [
+    # keys that would address another endpoint, or are not keys at all
+    case(
+        "kv_put",
+        {"key": "../agent/service/deregister/payments", "value": "x"},
+        "payload.key",
+        "key-exploit",
+    ),
+    case("kv_put", {"key": "a/../b", "value": "x"}, "payload.key", "key-dotdot-mid"),
+    case("kv_put", {"key": "a/..", "value": "x"}, "payload.key", "key-dotdot-end"),
+    case("kv_put", {"key": "..", "value": "x"}, "payload.key", "key-dotdot"),
+    case("kv_put", {"key": "a//b", "value": "x"}, "payload.key", "key-empty-segment"),
+    case("kv_put", {"key": "/lead", "value": "x"}, "payload.key", "key-leading-slash"),
+    case("kv_put", {"key": "./x", "value": "x"}, "payload.key", "key-dot-lead"),
+    case("kv_put", {"key": "a/./b", "value": "x"}, "payload.key", "key-dot-mid"),
+    case("kv_put", {"key": "a\\..\\b", "value": "x"}, "payload.key", "key-backslash"),
+    case("kv_put", {"key": "a\x00b", "value": "x"}, "payload.key", "key-nul"),
+    case("kv_put", {"key": "a\nb", "value": "x"}, "payload.key", "key-newline"),
+    case("kv_put", {"key": "a\rb", "value": "x"}, "payload.key", "key-cr"),
+    case("kv_put", {"key": "a\tb", "value": "x"}, "payload.key", "key-tab"),
+    case("kv_put", {"key": "a\x7fb", "value": "x"}, "payload.key", "key-del"),
+    case("kv_put", {"key": "a\x1bb", "value": "x"}, "payload.key", "key-esc"),
+    case("kv_put", {"key": "k" * 1025, "value": "x"}, "payload.key", "key-too-long"),
+    case("kv_put", {"key": "", "value": "x"}, "payload.key", "key-empty"),
+    case(
+        "kv_put",
+        {"key": "a%2F..%2Fb", "value": "x"},
+        "payload.key",
+        "key-pct-dotdot-slash",
+        TRAVERSAL_BUG,
+    ),
+    case(
+        "kv_put",
+        {"key": "x/%2e%2e", "value": "x"},
+        "payload.key",
+        "key-pct-2e2e-suffix",
+        TRAVERSAL_BUG,
+    ),
+    case(
+        "kv_put",
+        {"key": "%2e%2e/x", "value": "x"},
+        "payload.key",
+        "key-pct-2e2e-prefix",
+        TRAVERSAL_BUG,
+    ),
+    case("kv_get", {"key": "a%2e%2e"}, "payload.key", "key-pct-2e2e", TRAVERSAL_BUG),
+    case("kv_get", {"key": "a/../b"}, "payload.key", "key-dotdot"),
+    case("kv_get", {"key": "../agent/self", "recurse": True}, "payload.key", "recurse-dotdot"),
+    case("kv_get", {"key": "a//", "keys_only": True}, "payload.key", "keys-empty-segment"),
+    # values and numbers
+    case(
+        "kv_put",
+        {"key": "k", "value": "x" * (512 * 1024 + 1)},
+        "payload.value",
+        "value-too-large",
+        FIELD_BUG,
+    ),
+    case(
+        "kv_put",
+        {"key": "k", "value": b"\x00" * (512 * 1024 + 1)},
+        "payload.value",
+        "bytes-too-large",
+        FIELD_BUG,
+    ),
+    case(
+        "kv_put",
+        {"key": "k", "value": "!!notbase64", "encoding": "base64"},
+        "payload.value",
+        "value-bad-base64",
+        FIELD_BUG,
+    ),
+    case(
+        "kv_put",
+        {"key": "k", "value": "x", "encoding": "latin-1"},
+        "payload.encoding",
+        "encoding-unknown",
+    ),
+    case("kv_put", {"key": "k", "value": "x", "flags": 2**64}, "payload.flags", "flags-2e64"),
+    case("kv_put", {"key": "k", "value": "x", "flags": -1}, "payload.flags", "flags-negative"),
+    case("kv_put", {"key": "k", "value": "x", "cas": -1}, "payload.cas", "cas-negative"),
+    case("kv_put", {"key": "k", "value": "x", "cas": 2**64}, "payload.cas", "cas-2e64"),
+    # wrong types: never coerced
+    case("kv_put", {"key": "k", "value": "x", "flags": True}, "payload.flags", "flags-bool"),
+    case("kv_put", {"key": "k", "value": "x", "flags": "1"}, "payload.flags", "flags-str"),
+    case("kv_put", {"key": "k", "value": "x", "flags": 1.0}, "payload.flags", "flags-float"),
+    case("kv_put", {"key": "k", "value": "x", "cas": "0"}, "payload.cas", "cas-str"),
+    case("kv_put", {"key": "k", "value": None}, "payload.value", "value-none"),
+    case("kv_put", {"key": "k", "value": 30}, "payload.value", "value-int"),
+    case("kv_put", {"key": "k", "value": {"a": 1}}, "payload.value", "value-dict"),
+    case("kv_put", {"key": ["k"], "value": "x"}, "payload.key", "key-list"),
+    case("kv_put", {"key": 5, "value": "x"}, "payload.key", "key-int"),
+    case("kv_get", {"key": "a", "recurse": "true"}, "payload.recurse", "recurse-str"),
+    case("kv_get", {"key": "a", "recurse": 1}, "payload.recurse", "recurse-int"),
+    case("kv_get", {"key": "a", "keys_only": "yes"}, "payload.keys_only", "keys-only-str"),
+    case(
+        "kv_get",
+        {"key": "a", "consistency": "eventual"},
+        "payload.consistency",
+        "consistency-unknown",
+    ),
+    # unknown and missing fields, exclusive options
+    case("kv_put", {"key": "k", "value": "x", "ttl": 3}, "payload.ttl", "unknown-field"),
+    case("kv_put", {"key": "k", "value": "x", "Key": "k"}, "payload.Key", "wrong-case-field"),
+    case("kv_put", {"key": "k"}, "payload.value", "missing-value"),
+    case("kv_put", {"value": "x"}, "payload.key", "missing-key"),
+    case("kv_get", {}, "payload.key", "missing-key"),
+    case(
+        "kv_put",
+        {"key": "k", "value": "x", "acquire": SESSION, "release": SESSION},
+        "payload",
+        "acquire-and-release",
+    ),
+    case(
+        "kv_put",
+        {"key": "k", "value": "x", "acquire": "not-a-session"},
+        "payload.acquire",
+        "acquire-not-uuid",
+    ),
+    case(
+        "kv_put",
+        {"key": "k", "value": "x", "release": "../x"},
+        "payload.release",
+        "release-traversal",
+    ),
+    case(
+        "kv_get",
+        {"key": "a", "recurse": True, "keys_only": True},
+        "payload",
+        "recurse-and-keys-only",
+    ),
+    case("kv_get", {"key": "a", "separator": "/"}, "payload", "separator-without-keys-only"),
+    case("kv_get", {"key": ""}, "payload.key", "empty-key-single", FIELD_BUG),
+    case(
+        "kv_get",
+        {"key": "a", "keys_only": True, "separator": "\n"},
+        "payload.separator",
+        "separator-control-char",
+        FIELD_BUG,
+    ),
+    # register: ids, names, addresses, ports, meta, tags, checks
+    case("register", {"service_id": "a/b", "name": "svc"}, "payload.service_id", "id-slash"),
+    case("register", {"service_id": "..", "name": "svc"}, "payload.service_id", "id-dotdot"),
+    case(
+        "register", {"service_id": "a..b", "name": "svc"}, "payload.service_id", "id-inner-dotdot"
+    ),
+    case("register", {"service_id": "a?b", "name": "svc"}, "payload.service_id", "id-question"),
+    case("register", {"service_id": "a#b", "name": "svc"}, "payload.service_id", "id-hash"),
+    case("register", {"service_id": "a b", "name": "svc"}, "payload.service_id", "id-space"),
+    case("register", {"service_id": "a%2fb", "name": "svc"}, "payload.service_id", "id-percent"),
+    case("register", {"service_id": "x" * 129, "name": "svc"}, "payload.service_id", "id-too-long"),
+    case("register", {"service_id": "", "name": "svc"}, "payload.service_id", "id-empty"),
+    case(
+        "register",
+        {"consul_service_id": "../x", "name": "svc"},
+        "payload.consul_service_id",
+        "legacy-id-traversal",
+    ),
+    case("register", {"name": "a/b"}, "payload.name", "name-slash"),
+    case("register", {"name": "a b"}, "payload.name", "name-space"),
+    case("register", {"name": ".."}, "payload.name", "name-dotdot"),
+    case("register", {"name": "svc", "port": "30"}, "payload.port", "port-str"),
+    case("register", {"name": "svc", "port": 1.0}, "payload.port", "port-float"),
+    case("register", {"name": "svc", "port": True}, "payload.port", "port-bool"),
+    case("register", {"name": "svc", "port": 65536}, "payload.port", "port-too-big"),
+    case("register", {"name": "svc", "port": -1}, "payload.port", "port-negative"),
+    case("register", {"name": "svc", "address": "0.0.0.0"}, "payload.address", "address-any-v4"),
+    case("register", {"name": "svc", "address": "::"}, "payload.address", "address-any-v6"),
+    case("register", {"name": "svc", "address": "h/x"}, "payload.address", "address-slash"),
+    case("register", {"name": "svc", "address": "a b"}, "payload.address", "address-space"),
+    case(
+        "register",
+        {"name": "svc", "meta": {f"k{i}": "v" for i in range(65)}},
+        "payload.meta",
+        "meta-65-pairs",
+    ),
+    case(
+        "register",
+        {"name": "svc", "meta": {"consul-x": "v"}},
+        "payload.meta",
+        "meta-reserved-prefix",
+    ),
+    case("register", {"name": "svc", "meta": {"k": "v" * 513}}, "payload.meta", "meta-value-513"),
+    case("register", {"name": "svc", "meta": {"k" * 129: "v"}}, "payload.meta", "meta-key-129"),
+    case("register", {"name": "svc", "meta": {"bad key": "v"}}, "payload.meta", "meta-key-space"),
+    case("register", {"name": "svc", "meta": {"bad.key": "v"}}, "payload.meta", "meta-key-dot"),
+    case("register", {"name": "svc", "meta": {"k": 1}}, "payload.meta.k", "meta-value-int"),
+    case("register", {"name": "svc", "tags": "a"}, "payload.tags", "tags-str"),
+    case("register", {"name": "svc", "tags": ["a\nb"]}, "payload.tags.0", "tag-newline"),
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "10"}},
+        "payload.check.ttl",
+        "check-bad-duration",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"http": "http://x"}},
+        "payload.check",
+        "check-no-interval",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "1s", "tcp": "h:1", "interval": "1s"}},
+        "payload.check",
+        "check-two-kinds",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"http": "file:///etc/passwd", "interval": "1s"}},
+        "payload.check.http",
+        "check-file-url",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"script": "rm -rf /", "interval": "1s"}},
+        "payload.check.script",
+        "check-script",
+    ),
+    case(
+        "register",
+        {"name": "svc", "weights": {"passing": 0}},
+        "payload.weights.passing",
+        "weights-zero",
+    ),
+    case(
+        "register",
+        {"name": "svc", "enable_tag_override": "yes"},
+        "payload.enable_tag_override",
+        "tag-override-str",
+    ),
+    case("register", {"name": "svc", "Name": "x"}, "payload.Name", "unknown-field"),
+    case("register", {"port": 1}, "payload.name", "missing-name"),
+    case("deregister", {"service_id": "../../../kv/x"}, "payload.service_id", "id-traversal"),
+    case("deregister", {"service_id": "a/b"}, "payload.service_id", "id-slash"),
+    case(
+        "deregister", {"consul_service_id": "a?x=1"}, "payload.consul_service_id", "legacy-id-query"
+    ),
+    case("deregister", {}, "payload.service_id", "missing-id"),
+    case("deregister", {"service_id": 5}, "payload.service_id", "id-int"),
+    case("deregister", {"service_id": "a", "extra": True}, "payload.extra", "unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("op", "payload", "field"), BAD_PAYLOADS)
+async def test_refused_payload_sends_nothing(handler, proxy, op, payload, field):
+    correlation_id = uuid.uuid4()
+    env = {**envelope(op, **payload), "correlation_id": str(correlation_id)}
+    error = await assert_refused(handler, proxy, env, field)
+    assert error.context.operation == f"consul.{op}"
+    assert error.context.correlation_id == correlation_id
+    assert error.errors[0]["field"] == field
+
+
+BAD_ENVELOPES = [
+    pytest.param({"operation": "consul.nope", "payload": {}}, "operation", id="unknown-operation"),
+    pytest.param(
+        {"operation": "kv_get", "payload": {"key": "a"}}, "operation", id="unprefixed-operation"
+    ),
+    pytest.param({"payload": {"key": "a"}}, "operation", id="missing-operation"),
+    pytest.param({"operation": 5, "payload": {}}, "operation", id="operation-int"),
+    pytest.param({"operation": "consul.kv_get"}, "payload.key", id="missing-payload"),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": [["key", "a"]]}, "payload", id="payload-list"
+    ),
+    pytest.param({"operation": "consul.kv_get", "payload": "key=a"}, "payload", id="payload-str"),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": {"key": "a"}, "extra": 1},
+        "extra",
+        id="unknown-envelope-field",
+    ),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": {"key": "a"}, "correlation_id": "nope"},
+        "correlation_id",
+        id="bad-correlation-id",
+    ),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": {"key": "a"}, "envelope_id": 7},
+        "envelope_id",
+        id="bad-envelope-id",
+    ),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": {"key": "a"}, "timeout_seconds": 0},
+        "timeout_seconds",
+        id="timeout-zero",
+    ),
+    pytest.param(
+        {"operation": "consul.kv_get", "payload": {"key": "a"}, "timeout_seconds": -1},
+        "timeout_seconds",
+        id="timeout-negative",
+    ),
+    pytest.param("consul.kv_get", "envelope", id="envelope-str"),
+    pytest.param(None, "envelope", id="envelope-none"),
+    pytest.param([("operation", "consul.kv_get")], "envelope", id="envelope-list"),
+]
+
+
+@pytest.mark.parametrize(("env", "field"), BAD_ENVELOPES)
+async def test_refused_envelope_sends_nothing(handler, proxy, env, field):
+    await assert_refused(handler, proxy, env, field)
+
+
+async def test_refusal_message_and_to_dict_never_echo_the_value(handler, proxy):
+    secretish = "sentinel-value-7c1e"
+    error = await assert_refused(
+        handler, proxy, kv_put(key=f"a/../{secretish}", value="x"), "payload.key"
+    )
+    assert secretish not in str(error)
+    assert secretish not in repr(error.to_dict())
+
+
+async def test_refusal_context_names_the_breaker(proxy, clean_consul_env):
+    h = HandlerConsul(settings=ConsulSettings(host=proxy.host, port=proxy.port, datacenter="dc1"))
+    await h.initialize()
+    try:
+        error = await assert_refused(h, proxy, kv_put(key="a//b", value="x"), "payload.key")
+    finally:
+        await h.shutdown()
+    assert (error.context.target, error.context.datacenter) == ("consul.dc1", "dc1")
+
+
+@TRAVERSAL_BUG
+async def test_bad_keys_do_not_open_the_breaker(proxy, clean_consul_env):
+    h = HandlerConsul(
+        settings=ConsulSettings(host=proxy.host, port=proxy.port, breaker={"failure_threshold": 2})
+    )
+    await h.initialize()
+    try:
+        for _ in range(3):
+            with pytest.raises(InfraValidationError):
+                await h.execute(envelope("kv_get", key="x/%2e%2e"))
+        assert h.describe()["circuit_breakers"]["consul.default"]["state"] == "closed"
+    finally:
+        await h.shutdown()
+
+
+# -- what is accepted addresses exactly the key it names -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        ("a?b", "a%3Fb"),
+        ("a#b", "a%23b"),
+        ("a%2fb", "a%252fb"),
+        ("a b", "a%20b"),
+        ("a..b/c...", "a..b/c..."),
+        ("dir/", "dir/"),
+    ],
+)
+async def test_accepted_odd_keys_address_only_the_kv_endpoint(
+    handler, proxy, consul_agent, key, path
+):
+    prefix = uniq("odd")
+    full = f"{prefix}/{key}"
+    proxy.reset()
+    response = await handler.execute(kv_put(key=full, value="odd"))
+    assert response.result == {"key": full, "applied": True}
+    (line,) = proxy.request_lines
+    assert line == f"PUT /v1/kv/{prefix}/{path} HTTP/1.1"
+    got = await handler.execute(envelope("kv_get", key=full))
+    assert (got.result["key"], got.result["value"]) == (full, "odd")
+
+
+# -- the reference exploit, proved harmless --------------------------------------------------------
+
+
+async def test_kv_put_traversal_does_not_deregister_payments(handler, proxy, consul_agent):
+    registered = await handler.execute(
+        envelope("register", service_id="payments", name="payments", port=8080)
+    )
+    assert registered.result == {"service_id": "payments", "name": "payments", "registered": True}
+    try:
+        before = snapshot(proxy)
+        with pytest.raises(InfraValidationError) as caught:
+            await handler.execute(kv_put(key="../agent/service/deregister/payments", value="pwned"))
+        assert caught.value.context.field == "payload.key"
+        assert snapshot(proxy) == before
+        assert not any("deregister" in p for p in proxy.paths)
+        service = consul_agent.request("GET", "/v1/agent/service/payments")
+        assert service.status == 200
+        assert service.json()["Service"] == "payments"
+        # Nothing was written under any spelling of that key either.
+        assert consul_agent.request("GET", "/v1/kv/agent/service/deregister/payments").status == 404
+    finally:
+        await handler.execute(envelope("deregister", service_id="payments"))
+
+
+async def test_deregister_traversal_does_not_write_kv(handler, proxy, consul_agent):
+    # urllib3 would turn this deregister into PUT /v1/kv/x; ours refuses it.
+    key = uniq("victim")
+    before = snapshot(proxy)
+    with pytest.raises(InfraValidationError):
+        await handler.execute(envelope("deregister", service_id=f"../../../kv/{key}"))
+    assert snapshot(proxy) == before
+    assert consul_agent.request("GET", f"/v1/kv/{key}").status == 404
