@@ -1,0 +1,52 @@
+"""The Consul dev agent the bench runs against: the test harness's, on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import harness  # noqa: E402  (tests/harness: stdlib only)
+
+
+def consul_binary(explicit: str | None = None) -> str:
+    """The consul binary: --consul-bin, else scripts/consul-bin (which may build it once)."""
+    if explicit:
+        return explicit
+    return harness.resolve("consul", build=True)
+
+
+def consul_version(path: str) -> str:
+    with contextlib.suppress(Exception):
+        return harness.version("consul", path).splitlines()[0]
+    return "unknown"
+
+
+@contextlib.contextmanager
+def dev_agent(consul_bin: str) -> Iterator[harness.ConsulAgent]:
+    """A ``consul agent -dev`` on 127.0.0.1, logging at WARN (DEBUG request logs would be the
+    agent's own bottleneck), stopped and removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="handler-consul-bench-") as tmp:
+        agent = harness.ConsulAgent(
+            consul_bin, name="bench-dev", base_dir=tmp, extra_config={"log_level": "WARN"}
+        )
+        try:
+            agent.start()
+            yield agent
+        finally:
+            agent.close()
+
+
+def wrk_version() -> str | None:
+    try:
+        proc = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return text[0] if text else "wrk"

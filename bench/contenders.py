@@ -1,0 +1,301 @@
+"""The contenders, each driven from one asyncio event loop with N calls in flight.
+
+- ``consul2``: python-consul2 as people usually use it: one shared ``consul.Consul(host,
+  port)`` (default requests transport) called through ``loop.run_in_executor`` on a
+  ``ThreadPoolExecutor(10)``.
+- ``bare``: the transport the handler uses (``handler_consul.client.build_client``), calling
+  ``client.kv.get/put`` directly, in the same kind of executor.
+- ``handler``: ``HandlerConsul.execute`` with a dict envelope, at a given pool size.
+
+Each measured cell records per-call latency and, while it runs, the lag of a 5 ms ticker
+task on the same loop (how late the loop wakes it up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from handler_consul import ConsulSettings, HandlerConsul, InfraUnavailableError
+from handler_consul.client import build_client
+
+GET_KEY = "bench/get"
+VALUE = "handler-consul-bench-value-0123456789abcdef"  # 43 bytes of UTF-8
+TICK_SECONDS = 0.005
+
+Call = Callable[[], Awaitable[Any]]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Cell:
+    """One contender's measurement in one round."""
+
+    ops: int
+    seconds: float
+    latencies: list[float]
+    lags: list[float]
+    errors: int
+    first_error: str | None = None
+    cpu_seconds: float = math.nan  # the whole process (loop + workers), user + system
+    loop_cpu_seconds: float = math.nan  # the event-loop thread only
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "seconds": self.seconds,
+            "ops_per_s": self.ops / self.seconds if self.seconds > 0 else math.nan,
+            "lat_p50_us": percentile(self.latencies, 50) * 1e6,
+            "lat_p99_us": percentile(self.latencies, 99) * 1e6,
+            "lag_p50_ms": percentile(self.lags, 50) * 1e3 if self.lags else math.nan,
+            "lag_p99_ms": percentile(self.lags, 99) * 1e3 if self.lags else math.nan,
+            "lag_samples": len(self.lags),
+            "cpu_us_per_op": self.cpu_seconds / self.ops * 1e6 if self.ops else math.nan,
+            "loop_cpu_us_per_op": self.loop_cpu_seconds / self.ops * 1e6 if self.ops else math.nan,
+            "errors": self.errors,
+            "first_error": self.first_error,
+        }
+
+
+class LagTicker:
+    """A task that sleeps 5 ms at a time and records how late each wake-up is."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = False
+
+    async def _run(self) -> None:
+        clock = time.perf_counter
+        while not self._stop:
+            start = clock()
+            await asyncio.sleep(TICK_SECONDS)
+            self.lags.append(max(0.0, clock() - start - TICK_SECONDS))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> list[float]:
+        self._stop = True
+        if self._task is not None:
+            await self._task
+        return self.lags
+
+
+async def drive(call: Call, ops: int, inflight: int, *, ticker: bool = True) -> Cell:
+    """Run ``ops`` calls with ``inflight`` of them outstanding at any time."""
+    latencies: list[float] = []
+    errors = 0
+    first_error: str | None = None
+    remaining = ops
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        nonlocal remaining, errors, first_error
+        append = latencies.append
+        while remaining > 0:
+            remaining -= 1
+            start = clock()
+            try:
+                await call()
+            except Exception as exc:
+                errors += 1
+                if first_error is None:
+                    first_error = f"{type(exc).__name__}: {exc}"[:300]
+            append(clock() - start)
+
+    lag = LagTicker()
+    if ticker:
+        lag.start()
+        await asyncio.sleep(0)
+    cpu0, loop_cpu0 = time.process_time(), time.thread_time()
+    start = clock()
+    await asyncio.gather(*(worker() for _ in range(max(1, min(inflight, ops)))))
+    seconds = clock() - start
+    cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
+    lags = await lag.stop() if ticker else []
+    return Cell(ops, seconds, latencies, lags, errors, first_error, cpu, loop_cpu)
+
+
+# -- contenders -------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """A named way to make kv_get / kv_put calls from the loop."""
+
+    name: str
+    label: str
+    pool: int
+    get: Call
+    put: Call
+    close: Callable[[], Awaitable[None]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _put_key(name: str) -> str:
+    return f"bench/put/{name}"
+
+
+async def make_consul2(host: str, port: int, threads: int = 10) -> Contender:
+    import consul  # python-consul2
+
+    with warnings.catch_warnings():
+        # Its constructor builds the legacy ACL endpoint, which warns on construction.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = consul.Consul(host=host, port=port)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="bench-consul2")
+    loop = asyncio.get_running_loop()
+    key = _put_key("consul2")
+    kv = client.kv
+
+    def get() -> Awaitable[Any]:
+        return loop.run_in_executor(executor, kv.get, GET_KEY)
+
+    def put() -> Awaitable[Any]:
+        return loop.run_in_executor(executor, kv.put, key, VALUE)
+
+    async def close() -> None:
+        executor.shutdown(wait=True)
+        client.http.session.close()
+
+    return Contender(
+        "consul2", f"python-consul2 (requests), pool {threads}", threads, get, put, close
+    )
+
+
+async def make_bare(host: str, port: int, threads: int = 10) -> Contender:
+    settings = ConsulSettings(host=host, port=port, max_concurrent_operations=threads)
+    client = build_client(settings)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="bench-bare")
+    loop = asyncio.get_running_loop()
+    key = _put_key("bare")
+    kv = client.kv
+
+    def get() -> Awaitable[Any]:
+        return loop.run_in_executor(executor, kv.get, GET_KEY)
+
+    def put() -> Awaitable[Any]:
+        return loop.run_in_executor(executor, kv.put, key, VALUE)
+
+    async def close() -> None:
+        executor.shutdown(wait=True)
+        client.http.close()
+
+    return Contender("bare", f"bare transport, pool {threads}", threads, get, put, close)
+
+
+async def make_handler(host: str, port: int, pool: int) -> tuple[Contender, HandlerConsul]:
+    handler = HandlerConsul(
+        settings=ConsulSettings(host=host, port=port, max_concurrent_operations=pool)
+    )
+    await handler.initialize()
+    key = _put_key(f"handler-{pool}")
+    execute = handler.execute
+
+    def get() -> Awaitable[Any]:
+        # A fresh dict per envelope, as an orchestrator hands them in.
+        return execute({"operation": "consul.kv_get", "payload": {"key": GET_KEY}})
+
+    def put() -> Awaitable[Any]:
+        return execute({"operation": "consul.kv_put", "payload": {"key": key, "value": VALUE}})
+
+    async def close() -> None:
+        await handler.shutdown()
+
+    contender = Contender(f"handler{pool}", f"HandlerConsul, pool {pool}", pool, get, put, close)
+    return contender, handler
+
+
+# -- the open-breaker rejection --------------------------------------------------------
+
+
+async def rejection_latencies(handler: HandlerConsul, samples: int) -> list[float]:
+    """Time ``execute()`` raising InfraUnavailableError while the breaker is forced open."""
+    handler.force_open_circuit()
+    clock = time.perf_counter_ns
+    out: list[float] = []
+    try:
+        for _ in range(samples):
+            envelope = {"operation": "consul.kv_get", "payload": {"key": GET_KEY}}
+            start = clock()
+            try:
+                await handler.execute(envelope)
+            except InfraUnavailableError:
+                pass
+            else:
+                raise RuntimeError("execute() succeeded with the breaker forced open")
+            out.append((clock() - start) / 1e3)  # µs
+    finally:
+        handler.reset_circuit()
+    return out
+
+
+# -- RSS -------------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def rss_run(
+    call: Call, total: int, checkpoint: int, inflight: int, samples: int = 20
+) -> dict[str, Any]:
+    """``total`` envelopes with ``inflight`` outstanding; RSS (after gc) at ``checkpoint``,
+    at ``total`` and at ``samples`` evenly spaced points."""
+    marks = sorted({checkpoint, total, *(total * i // samples for i in range(1, samples + 1))})
+    curve: list[tuple[int, int]] = []
+    done = 0
+    errors = 0
+    first_error: str | None = None
+    gc.collect()
+    rss_start = rss_bytes()
+    start = time.perf_counter()
+    segment_start = 0
+    for mark in marks:
+        cell = await drive(call, mark - segment_start, inflight, ticker=False)
+        errors += cell.errors
+        first_error = first_error or cell.first_error
+        done = segment_start = mark
+        gc.collect()
+        curve.append((done, rss_bytes()))
+    seconds = time.perf_counter() - start
+    at = dict(curve)
+    return {
+        "envelopes": total,
+        "checkpoint": checkpoint,
+        "inflight": inflight,
+        "seconds": seconds,
+        "ops_per_s": total / seconds,
+        "rss_start_mb": rss_start / 2**20,
+        "rss_at_checkpoint_mb": at[checkpoint] / 2**20,
+        "rss_at_end_mb": at[total] / 2**20,
+        "growth_mb": (at[total] - at[checkpoint]) / 2**20,
+        "curve": [{"envelopes": n, "rss_mb": b / 2**20} for n, b in curve],
+        "errors": errors,
+        "first_error": first_error,
+    }

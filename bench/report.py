@@ -1,0 +1,456 @@
+"""Targets, headline, RESULTS.md, results.json and the throughput plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench import pngplot
+
+PASS, SHORT, INFO, NOT_RUN = "PASS", "SHORT", "INFO", "NOT RUN"
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _target(tid: str, text: str, measured: Any, unit: str, ok: Any, threshold: str) -> dict:
+    m = _num(measured)
+    if m is None:
+        status = NOT_RUN
+    elif ok is None:
+        status = INFO
+    else:
+        status = PASS if ok(m) else SHORT
+    return {
+        "id": tid,
+        "target": text,
+        "threshold": threshold,
+        "measured": m,
+        "unit": unit,
+        "status": status,
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    comp = results.get("comparison") or {}
+    derived = comp.get("derived") or {}
+    cells = comp.get("cells") or {}
+    pool = (comp.get("config") or {}).get("default_pool", 10)
+    out = []
+    for op in ("kv_get", "kv_put"):
+        out.append(
+            _target(
+                f"{op}.vs_consul2",
+                f"{op} throughput vs python-consul2 (default transport), pool {pool}, 64 in flight",
+                derived.get(f"{op}.c64.vs_consul2"),
+                "x",
+                lambda m: m >= 2.5,
+                ">= 2.5x",
+            )
+        )
+    for op in ("kv_get", "kv_put"):
+        out.append(
+            _target(
+                f"{op}.vs_bare",
+                f"{op} throughput vs the bare transport, pool {pool}, 64 in flight",
+                derived.get(f"{op}.c64.vs_bare"),
+                "x",
+                lambda m: m >= 0.9,
+                ">= 0.9x",
+            )
+        )
+    for op in ("kv_get", "kv_put"):
+        cell = cells.get(f"handler{pool}.{op}.c256") or {}
+        out.append(
+            _target(
+                f"{op}.loop_lag_p99",
+                f"{op} event-loop lag p99, 256 in flight, pool {pool}",
+                (cell.get("median") or {}).get("lag_p99_ms"),
+                "ms",
+                lambda m: m <= 5.0,
+                "<= 5 ms",
+            )
+        )
+    rej = (comp.get("rejection") or {}).get("median_of_rounds") or {}
+    out.append(
+        _target(
+            "rejection_p99",
+            "open-breaker rejection p99",
+            rej.get("p99_us"),
+            "µs",
+            lambda m: m <= 20.0,
+            "<= 20 µs",
+        )
+    )
+    rss = results.get("rss") or {}
+    cp, total = rss.get("checkpoint"), rss.get("envelopes")
+    label = (
+        f"RSS growth between envelope {cp:,} and {total:,}"
+        if cp and total
+        else "RSS growth between envelope 100k and 1M"
+    )
+    out.append(
+        _target("rss_growth", label, rss.get("growth_mb"), "MB", lambda m: m < 5.0, "< 5 MB")
+    )
+    for op in ("kv_get", "kv_put"):
+        best = derived.get(f"{op}.ceiling_best_cell")
+        out.append(
+            _target(
+                f"{op}.ceiling_fraction",
+                f"{op}: fraction of the agent's wrk ceiling the handler reaches"
+                + (f" (best: {best})" if best else ""),
+                derived.get(f"{op}.ceiling_fraction"),
+                "",
+                None,
+                "reported",
+            )
+        )
+    return out
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    v = _num(value)
+    if v is None:
+        return "—"
+    if unit == "x":
+        return f"{v:.2f}×"  # noqa: RUF001
+    if unit == "" and v <= 1.0:
+        return f"{v * 100:.1f}%"
+    if unit == "":
+        return f"{v:.2f}"
+    if abs(v) >= 100:
+        return f"{v:,.0f} {unit}"
+    return f"{v:.2f} {unit}" if abs(v) < 10 else f"{v:.1f} {unit}"
+
+
+def targets_text(rows: list[dict[str, Any]]) -> str:
+    lines = ["TARGETS"]
+    for t in rows:
+        lines.append(
+            f"  [{t['status']:>7}] {t['target']}: {_fmt(t['measured'], t['unit'])} "
+            f"(target {t['threshold']})"
+        )
+    return "\n".join(lines)
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    comp = results.get("comparison") or {}
+    cells = comp.get("cells") or {}
+    derived = comp.get("derived") or {}
+    pool = (comp.get("config") or {}).get("default_pool", 10)
+    out: dict[str, Any] = {}
+    for op in ("kv_get", "kv_put"):
+
+        def med(cid: str, key: str) -> Any:
+            return ((cells.get(cid) or {}).get("median") or {}).get(key)
+
+        out[op] = {
+            "handler_ops_per_s": med(f"handler{pool}.{op}.c64", "ops_per_s"),
+            "handler_p50_us": med(f"handler{pool}.{op}.c64", "lat_p50_us"),
+            "handler_p99_us": med(f"handler{pool}.{op}.c64", "lat_p99_us"),
+            "consul2_ops_per_s": med(f"consul2.{op}.c64", "ops_per_s"),
+            "bare_ops_per_s": med(f"bare.{op}.c64", "ops_per_s"),
+            "wrk_ops_per_s": med(f"wrk.{op}.c16", "ops_per_s"),
+            "vs_consul2": derived.get(f"{op}.c64.vs_consul2"),
+            "vs_bare": derived.get(f"{op}.c64.vs_bare"),
+            "overhead_latency_p50_us": derived.get(f"{op}.c1.overhead_latency_p50_us"),
+            "overhead_throughput_us": derived.get(f"{op}.c64.overhead_throughput_us"),
+            "lag_p99_ms_256": med(f"handler{pool}.{op}.c256", "lag_p99_ms"),
+            "consul2_lag_p99_ms": med(f"consul2.{op}.c64", "lag_p99_ms"),
+            "ceiling_fraction": derived.get(f"{op}.ceiling_fraction"),
+        }
+    rej = (comp.get("rejection") or {}).get("median_of_rounds") or {}
+    out["rejection_p50_us"] = rej.get("p50_us")
+    out["rejection_p99_us"] = rej.get("p99_us")
+    out["rss_growth_mb"] = (results.get("rss") or {}).get("growth_mb")
+    return out
+
+
+def _ops(v: Any) -> str:
+    n = _num(v)
+    return "—" if n is None else f"{n:,.0f}"
+
+
+def _us(v: Any) -> str:
+    n = _num(v)
+    if n is None:
+        return "—"
+    return f"{n:,.0f}" if abs(n) >= 100 else f"{n:.1f}"
+
+
+def _ms(v: Any) -> str:
+    n = _num(v)
+    return "—" if n is None else f"{n:.2f}"
+
+
+def _cell_sort_key(item: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
+    c = item[1]
+    order = {"wrk": 0, "consul2": 1, "bare": 2}
+    return (c["op"], order.get(c["contender"], 3), c.get("pool") or 0, c.get("inflight") or 0)
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    comp = results.get("comparison") or {}
+    rss = results.get("rss") or {}
+    machine = results.get("machine") or {}
+    head = results.get("headline") or headline(results)
+    cfg = comp.get("config") or {}
+    pool = cfg.get("default_pool", 10)
+    L: list[str] = ["# handler-consul benchmark results", ""]
+    L += [
+        f"Generated by `{comp.get('command') or rss.get('command')}`"
+        f" on {comp.get('date') or rss.get('date')} (UTC). "
+        "Regenerate: `scripts/bench` (comparison, ~6 min), `scripts/bench --rss` "
+        "(RSS across 1M envelopes, ~8 min), `scripts/bench --all` (both), "
+        "`scripts/bench --quick` (both, small).",
+        "",
+    ]
+
+    # Headline
+    L += ["## Headline", ""]
+    L += [
+        f"Pool {pool} (the default), 64 envelopes in flight, one local dev agent, "
+        f"medians of {cfg.get('rounds', '?')} interleaved rounds.",
+        "",
+    ]
+    L += ["| | kv_get | kv_put |", "|---|---:|---:|"]
+    g, p = head.get("kv_get") or {}, head.get("kv_put") or {}
+    rows = [
+        ("HandlerConsul ops/s", _ops(g.get("handler_ops_per_s")), _ops(p.get("handler_ops_per_s"))),
+        (
+            "python-consul2 (requests) ops/s, same pool",
+            _ops(g.get("consul2_ops_per_s")),
+            _ops(p.get("consul2_ops_per_s")),
+        ),
+        (
+            "bare transport ops/s, same pool",
+            _ops(g.get("bare_ops_per_s")),
+            _ops(p.get("bare_ops_per_s")),
+        ),
+        (
+            "Consul's ceiling (wrk, 16 connections) ops/s",
+            _ops(g.get("wrk_ops_per_s")),
+            _ops(p.get("wrk_ops_per_s")),
+        ),
+        (
+            "handler vs python-consul2",
+            _fmt(g.get("vs_consul2"), "x"),
+            _fmt(p.get("vs_consul2"), "x"),
+        ),
+        ("handler vs bare transport", _fmt(g.get("vs_bare"), "x"), _fmt(p.get("vs_bare"), "x")),
+        (
+            "fraction of the wrk ceiling (best handler config)",
+            _fmt(g.get("ceiling_fraction")),
+            _fmt(p.get("ceiling_fraction")),
+        ),
+        (
+            "latency p50 / p99 (µs)",
+            f"{_us(g.get('handler_p50_us'))} / {_us(g.get('handler_p99_us'))}",
+            f"{_us(p.get('handler_p50_us'))} / {_us(p.get('handler_p99_us'))}",
+        ),
+        (
+            "per-envelope overhead over bare transport, 1 in flight, p50 latency (µs)",
+            _us(g.get("overhead_latency_p50_us")),
+            _us(p.get("overhead_latency_p50_us")),
+        ),
+        (
+            "per-envelope overhead over bare transport, 64 in flight, 1/throughput (µs)",
+            _us(g.get("overhead_throughput_us")),
+            _us(p.get("overhead_throughput_us")),
+        ),
+        (
+            "event-loop lag p99, 256 in flight (ms)",
+            _ms(g.get("lag_p99_ms_256")),
+            _ms(p.get("lag_p99_ms_256")),
+        ),
+        (
+            "event-loop lag p99, python-consul2, 64 in flight (ms)",
+            _ms(g.get("consul2_lag_p99_ms")),
+            _ms(p.get("consul2_lag_p99_ms")),
+        ),
+    ]
+    L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    L += [
+        "",
+        f"Open-breaker rejection: p50 {_us(head.get('rejection_p50_us'))} µs, "
+        f"p99 {_us(head.get('rejection_p99_us'))} µs. "
+        f"RSS growth across {rss.get('envelopes', 0):,} real kv_get envelopes "
+        f"(from envelope {rss.get('checkpoint', 0):,}): "
+        f"{_fmt(rss.get('growth_mb'), 'MB')}.",
+        "",
+    ]
+
+    # Targets
+    L += ["## Targets", "", "| target | threshold | measured | status |", "|---|---|---:|---|"]
+    for t in results.get("targets") or []:
+        L.append(
+            f"| {t['target']} | {t['threshold']} | {_fmt(t['measured'], t['unit'])} "
+            f"| **{t['status']}** |"
+        )
+    L.append("")
+
+    # Full table
+    if comp:
+        L += [
+            "## Every contender",
+            "",
+            f"Medians across {cfg.get('rounds')} rounds of {cfg.get('ops_per_cell'):,} calls "
+            "per contender (wrk: "
+            f"{cfg.get('wrk_seconds')} s per round). *spread* is (max - min) / median of the "
+            "per-round ops/s. Latency is per call, from the caller's `await` to its result "
+            "(queueing for a pool slot included). Loop lag: how late a 5 ms ticker task on "
+            "the same event loop wakes up while the contender runs.",
+            "",
+        ]
+        if cfg.get("wrk_note"):
+            L += [f"wrk: {cfg['wrk_note']}.", ""]
+        L += [
+            "| op | contender | pool | in flight | ops/s | spread | p50 µs | p99 µs "
+            "| loop lag p50 ms | loop lag p99 ms | CPU µs/op process | CPU µs/op loop thread "
+            "| errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        cells = comp.get("cells") or {}
+        for _, c in sorted(
+            ((k, v) for k, v in cells.items() if v["kind"] != "rejection"), key=_cell_sort_key
+        ):
+            m = c["median"]
+            spread = (c.get("spread") or {}).get("rel")
+            L.append(
+                f"| {c['op']} | {c['label']} | {c.get('pool') or '—'} | {c['inflight']} "
+                f"| {_ops(m.get('ops_per_s'))} "
+                f"| {'—' if _num(spread) is None else f'{spread * 100:.0f}%'} "
+                f"| {_us(m.get('lat_p50_us'))} | {_us(m.get('lat_p99_us'))} "
+                f"| {_ms(m.get('lag_p50_ms'))} | {_ms(m.get('lag_p99_ms'))} "
+                f"| {_us(m.get('cpu_us_per_op'))} | {_us(m.get('loop_cpu_us_per_op'))} "
+                f"| {c.get('errors', 0)} |"
+            )
+        L.append("")
+        d = comp.get("derived") or {}
+        L += [
+            "### Ratios and overhead (paired within each round, then the median)",
+            "",
+            "| op | in flight | handler / python-consul2 | handler / bare | "
+            "bare / python-consul2 | overhead µs (1/throughput) | overhead µs (p50 latency) "
+            "| overhead CPU µs/op (process) | overhead CPU µs/op (loop thread) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for op in ("kv_get", "kv_put"):
+            for n in sorted(set(cfg.get("inflight", [])) & set(cfg.get("baseline_inflight", []))):
+                k = f"{op}.c{n}"
+                L.append(
+                    f"| {op} | {n} | {_fmt(d.get(k + '.vs_consul2'), 'x')} "
+                    f"| {_fmt(d.get(k + '.vs_bare'), 'x')} "
+                    f"| {_fmt(d.get(k + '.bare_vs_consul2'), 'x')} "
+                    f"| {_us(d.get(k + '.overhead_throughput_us'))} "
+                    f"| {_us(d.get(k + '.overhead_latency_p50_us'))} "
+                    f"| {_us(d.get(k + '.overhead_cpu_us'))} "
+                    f"| {_us(d.get(k + '.overhead_loop_cpu_us'))} |"
+                )
+        L.append("")
+        rej = comp.get("rejection") or {}
+        mr, pooled = rej.get("median_of_rounds") or {}, rej.get("pooled") or {}
+        L += [
+            "### Open-breaker rejection",
+            "",
+            f"`force_open_circuit()`, then `await execute({{kv_get envelope dict}})` raising "
+            f"`InfraUnavailableError`, timed with `perf_counter_ns`; {rej.get('samples', 0):,} "
+            f"samples on pool {rej.get('pool')}. Median of per-round p50 / p99: "
+            f"{_us(mr.get('p50_us'))} / {_us(mr.get('p99_us'))} µs; all samples pooled: "
+            f"p50 {_us(pooled.get('p50_us'))}, p99 {_us(pooled.get('p99_us'))}, "
+            f"p99.9 {_us(pooled.get('p999_us'))} µs.",
+            "",
+        ]
+
+    if rss:
+        L += [
+            "## RSS across real envelopes",
+            "",
+            f"`{rss.get('command')}` on {rss.get('date')}: {rss.get('envelopes', 0):,} "
+            f"kv_get envelopes through HandlerConsul (pool {rss.get('pool')}, "
+            f"{rss.get('inflight')} in flight) against the agent, at "
+            f"{_ops(rss.get('ops_per_s'))} envelopes/s; RSS read from /proc/self/statm after "
+            "`gc.collect()`.",
+            "",
+            f"| at start | at envelope {rss.get('checkpoint', 0):,} "
+            f"| at envelope {rss.get('envelopes', 0):,} | growth | errors |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {rss.get('rss_start_mb', 0):.1f} MB "
+            f"| {rss.get('rss_at_checkpoint_mb', 0):.1f} MB "
+            f"| {rss.get('rss_at_end_mb', 0):.1f} MB | {rss.get('growth_mb', 0):+.2f} MB "
+            f"| {rss.get('errors', 0)} |",
+            "",
+            "Curve (envelopes → RSS MB): "
+            + ", ".join(f"{p['envelopes']:,} → {p['rss_mb']:.1f}" for p in rss.get("curve", [])),
+            "",
+        ]
+    else:
+        L += ["## RSS across real envelopes", "", "Not run yet: `scripts/bench --rss`.", ""]
+
+    notes = Path(__file__).resolve().parent / "NOTES.md"
+    if notes.exists() and path.parent == notes.parent / "results":
+        L += [notes.read_text().rstrip(), ""]
+
+    L += ["## Machine and run", ""]
+    for k, v in machine.items():
+        L.append(f"- {k}: {v}")
+    if comp:
+        noise = comp.get("noise") or {}
+        L += [
+            f"- comparison: `{comp.get('command')}`, {comp.get('date')}, "
+            f"{comp.get('elapsed_s', 0):.0f} s, load average before {comp.get('load_before')} "
+            f"and after {comp.get('load_after')}",
+            f"- noise: median per-contender spread of ops/s across rounds "
+            f"{_fmt(noise.get('median_rel_spread'))}, worst {_fmt(noise.get('max_rel_spread'))}."
+            " The machine is shared (other test suites run at the same time); every ratio "
+            "above is taken within a round, then the median across rounds.",
+        ]
+    if rss:
+        L.append(
+            f"- RSS stage: `{rss.get('command')}`, {rss.get('date')}, {rss.get('seconds', 0):.0f} s"
+        )
+    L.append("")
+    path.write_text("\n".join(L))
+
+
+_PLOT_NAMES = {"consul2": "python-consul2", "bare": "bare transport"}
+
+
+def write_plot(results: dict[str, Any], path: Path) -> None:
+    comp = results.get("comparison") or {}
+    cells = comp.get("cells") or {}
+    panels = []
+    for op in ("kv_get", "kv_put"):
+        rows = []
+        for _, c in sorted(
+            ((k, v) for k, v in cells.items() if v["kind"] != "rejection" and v["op"] == op),
+            key=_cell_sort_key,
+        ):
+            if c["contender"] in ("consul2", "bare") and c["inflight"] not in (1, 64):
+                continue
+            name = _PLOT_NAMES.get(c["contender"], "handler")
+            label = (
+                "Consul (wrk, 16 conn)"
+                if c["contender"] == "wrk"
+                else f"{name} p{c['pool']} x{c['inflight']}"
+            )
+            rows.append((label, c["contender"], c["median"].get("ops_per_s") or 0.0))
+        panels.append((f"{op} ops/s (median of rounds)", rows))
+    title = (
+        "handler-consul: ops/s against one local Consul dev agent "
+        "(p = pool threads, x = calls in flight)"
+    )
+    colors = {"wrk": (120, 120, 120), "consul2": (214, 96, 77), "bare": (116, 173, 209)}
+    pngplot.hbar_chart(path, title, panels, colors, default_color=(44, 123, 182))
