@@ -62,3 +62,32 @@ def expected_context(
         "status_code": status_code,
         "field": field,
     }
+
+
+def recording_proxy(upstream: Any) -> Any:
+    """A started CountingProxy that also keeps the raw client-to-Consul bytes in ``.raw``.
+
+    The harness proxy records request lines only; the header block is what proves where the
+    token travels (``X-Consul-Token``) and where it does not (the URL).
+    """
+    import threading
+
+    from harness import CountingProxy
+
+    class RecordingProxy(CountingProxy):
+        def __init__(self, upstream: Any) -> None:
+            super().__init__(upstream)
+            self._raw = bytearray()
+            self._raw_lock = threading.Lock()
+
+        def _record(self, buf: bytearray, data: bytes) -> None:
+            with self._raw_lock:
+                self._raw += data
+            super()._record(buf, data)
+
+        @property
+        def raw(self) -> bytes:
+            with self._raw_lock:
+                return bytes(self._raw)
+
+    return RecordingProxy(upstream).start()

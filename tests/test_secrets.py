@@ -1,0 +1,373 @@
+"""A sentinel token is found nowhere: not in messages, reprs, contexts, causes, logs or describe().
+
+The token is UUID-shaped so that Consul accepts it as a real SecretID (created with a chosen
+SecretID through /v1/acl/token); every success and failure path runs with it configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from harness import AclConsulAgent
+from pydantic import ValidationError
+from support import envelope, exception_chain, recording_proxy, uniq
+
+from handler_consul import (
+    ConsulSettings,
+    HandlerConsul,
+    InfraAuthenticationError,
+    InfraConfigurationError,
+    InfraConnectionError,
+    InfraError,
+    InfraTimeoutError,
+    InfraValidationError,
+)
+
+pytestmark = pytest.mark.usefixtures("clean_consul_env")
+
+SENTINEL = str(uuid.uuid4())  # a real SecretID on the ACL agent (see sentinel_token)
+SENTINEL_TEXT = "sentinel-4f1d2c9e-secret-token"  # never known to Consul
+UNKNOWN_UUID = str(uuid.uuid4())  # UUID-shaped, never known to Consul
+NEEDLES = (SENTINEL, SENTINEL.split("-")[-1], SENTINEL_TEXT, UNKNOWN_UUID)
+ALL_RULES = 'key_prefix "" { policy = "write" }\nservice_prefix "" { policy = "write" }'
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for needle in NEEDLES:
+        assert needle not in text, f"token found in {where}: {text[:300]!r}"
+
+
+def assert_error_clean(error: BaseException) -> None:
+    """The error, every exception chained to it, their args, dicts and formatted traceback."""
+    for exc in exception_chain(error):
+        name = type(exc).__name__
+        assert_no_secret(str(exc), f"str({name})")
+        assert_no_secret(repr(exc), f"repr({name})")
+        assert_no_secret(repr(exc.args), f"{name}.args")
+        if isinstance(exc, InfraError):
+            assert_no_secret(json.dumps(exc.to_dict()), f"{name}.to_dict()")
+            assert_no_secret(repr(exc.context), f"{name}.context")
+    assert_no_secret("".join(traceback.format_exception(error)), "formatted traceback")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[logging.LogRecord]]:
+    """Every record from every logger at DEBUG (handler_consul's and any library's)."""
+    collector = _Collect()
+    root = logging.getLogger()
+    ours = logging.getLogger("handler_consul")
+    saved = (root.level, ours.level)
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    ours.setLevel(logging.DEBUG)
+    try:
+        yield collector.records
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+
+def assert_logs_clean(records: list[logging.LogRecord]) -> None:
+    formatter = logging.Formatter()
+    for record in records:
+        where = f"log record {record.name}:{record.lineno}"
+        assert_no_secret(record.getMessage(), where)
+        for attr, value in record.__dict__.items():
+            assert_no_secret(repr(value), f"{where} .{attr}")
+            assert_no_secret(str(value), f"{where} .{attr}")
+        if record.exc_info:
+            assert_no_secret(formatter.formatException(record.exc_info), f"{where} exc_info")
+
+
+def assert_introspection_clean(handler: HandlerConsul) -> None:
+    assert_no_secret(repr(handler), "repr(handler)")
+    assert_no_secret(str(handler), "str(handler)")
+    assert_no_secret(json.dumps(handler.describe()), "describe()")
+
+
+@pytest.fixture(scope="module")
+def sentinel_token(acl_agent: AclConsulAgent) -> str:
+    """SENTINEL made a real token (chosen SecretID) with write on every key and service."""
+    policy = acl_agent.request(
+        "PUT",
+        "/v1/acl/policy",
+        {"Name": f"sentinel-{uniq('p')}", "Rules": ALL_RULES},
+        token=acl_agent.management_token,
+    )
+    assert policy.status == 200, policy.text
+    token = acl_agent.request(
+        "PUT",
+        "/v1/acl/token",
+        {"SecretID": SENTINEL, "Policies": [{"ID": policy.json()["ID"]}]},
+        token=acl_agent.management_token,
+    )
+    assert token.status == 200, token.text
+    assert token.json()["SecretID"] == SENTINEL
+    return SENTINEL
+
+
+# -- where the token does go ----------------------------------------------------------------------
+
+
+async def test_token_is_sent_only_as_the_x_consul_token_header(
+    make_handler, acl_agent, sentinel_token
+):
+    proxy = recording_proxy(acl_agent)
+    try:
+        handler = await make_handler(proxy, token=sentinel_token)
+        key = f"{uniq('hdr')}/k"
+        # The body ends in a newline so the line-based proxy sees the next request line.
+        response = await handler.execute(envelope("kv_put", key=key, value="v\n"))
+        assert response.result == {"key": key, "applied": True}
+        await handler.execute(envelope("kv_get", key=key))
+        raw = proxy.raw
+        lines = proxy.request_lines
+        assert len(lines) == 3  # the leader probe, the put, the get
+        for line in lines:
+            assert sentinel_token not in line
+        header = f"X-Consul-Token: {sentinel_token}\r\n".encode()
+        assert raw.count(header) == len(lines)
+        assert raw.count(sentinel_token.encode()) == len(lines)
+    finally:
+        proxy.close()
+
+
+async def test_without_the_token_the_same_write_is_refused(make_handler, acl_agent):
+    handler = await make_handler(acl_agent)
+    with pytest.raises(InfraAuthenticationError):
+        await handler.execute(envelope("kv_put", key=f"{uniq('hdr')}/k", value="v"))
+
+
+# -- success paths --------------------------------------------------------------------------------
+
+
+async def test_successful_operations_leak_nothing(make_handler, acl_agent, sentinel_token, logs):
+    handler = await make_handler(acl_agent, token=sentinel_token)
+    sid = uniq("sec")
+    key = f"{uniq('sec')}/k"
+    responses = [
+        await handler.execute(envelope("register", service_id=sid, name="sec", port=1)),
+        await handler.execute(envelope("kv_put", key=key, value="v")),
+        await handler.execute(envelope("kv_get", key=key)),
+        await handler.execute(envelope("kv_get", key=key.rsplit("/", 1)[0] + "/", recurse=True)),
+        await handler.execute(envelope("deregister", service_id=sid)),
+    ]
+    assert [r.status for r in responses] == ["success"] * 5
+    for response in responses:
+        assert_no_secret(response.model_dump_json(), "response")
+        assert_no_secret(repr(response), "repr(response)")
+    health = await handler.health_check()
+    assert health["healthy"] is True
+    assert_no_secret(json.dumps(health), "health_check()")
+    assert_introspection_clean(handler)
+    assert handler.describe()["settings"]["token_configured"] is True
+    assert any(r.name.startswith("handler_consul") for r in logs)
+    assert_logs_clean(logs)
+
+
+def test_settings_never_show_the_token():
+    settings = ConsulSettings(token=SENTINEL)
+    assert settings.token is not None
+    assert settings.token.get_secret_value() == SENTINEL
+    for text, where in [
+        (repr(settings), "repr"),
+        (str(settings), "str"),
+        (json.dumps(settings.model_dump(mode="json")), "model_dump(json)"),
+        (settings.model_dump_json(), "model_dump_json"),
+        (repr(settings.model_dump()), "model_dump()"),
+        (json.dumps(settings.public_dict()), "public_dict"),
+    ]:
+        assert_no_secret(text, f"settings {where}")
+
+
+def test_settings_from_env_never_show_the_token(monkeypatch):
+    monkeypatch.setenv("CONSUL_TOKEN", SENTINEL)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", SENTINEL_TEXT)
+    settings = ConsulSettings()
+    assert_no_secret(repr(settings), "repr(settings)")
+    assert_no_secret(settings.model_dump_json(), "settings json")
+
+
+async def test_describe_before_initialize_leaks_nothing():
+    handler = HandlerConsul(settings=ConsulSettings(token=SENTINEL))
+    assert_introspection_clean(handler)
+    health = await handler.health_check()
+    assert health["healthy"] is False
+    assert_no_secret(json.dumps(health), "health_check() before initialize")
+
+
+# -- failure paths --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token", [SENTINEL_TEXT, "sentinel-token-not-in-consul"], ids=["text", "other"]
+)
+async def test_403_unknown_token_leaks_nothing(make_handler, acl_agent, logs, token):
+    handler = await make_handler(acl_agent, token=token)
+    with pytest.raises(InfraAuthenticationError) as caught:
+        await handler.execute(envelope("kv_put", key=f"{uniq('sec')}/k", value="v"))
+    assert caught.value.context.status_code == 403
+    assert_error_clean(caught.value)
+    assert_introspection_clean(handler)
+    assert_logs_clean(logs)
+
+
+async def test_403_permission_denied_for_a_real_token_leaks_nothing(make_handler, acl_agent, logs):
+    secret = str(uuid.uuid4())
+    policy = acl_agent.request(
+        "PUT",
+        "/v1/acl/policy",
+        {"Name": uniq("narrow"), "Rules": 'key_prefix "app/" { policy = "write" }'},
+        token=acl_agent.management_token,
+    )
+    created = acl_agent.request(
+        "PUT",
+        "/v1/acl/token",
+        {"SecretID": secret, "Policies": [{"ID": policy.json()["ID"]}]},
+        token=acl_agent.management_token,
+    )
+    assert created.status == 200
+    handler = await make_handler(acl_agent, token=secret)
+    with pytest.raises(InfraAuthenticationError) as caught:
+        await handler.execute(envelope("kv_put", key=f"{uniq('other')}/k", value="v"))
+    for exc in exception_chain(caught.value):
+        assert secret not in str(exc)
+        assert secret not in repr(exc)
+    assert secret not in json.dumps(caught.value.to_dict())
+    for record in logs:
+        assert secret not in record.getMessage()
+        assert all(secret not in repr(v) for v in record.__dict__.values())
+
+
+async def test_connection_refused_leaks_nothing(
+    make_handler, acl_agent, toxiproxy_for, sentinel_token, logs
+):
+    proxy = toxiproxy_for(acl_agent)
+    handler = await make_handler(proxy, token=sentinel_token, retry={"initial_delay_seconds": 0.01})
+    proxy.down()
+    with pytest.raises(InfraConnectionError) as caught:
+        await handler.execute(envelope("kv_get", key=f"{uniq('sec')}/k"))
+    assert caught.value.context.attempts == 3
+    assert_error_clean(caught.value)
+    health = await handler.health_check()
+    assert health["healthy"] is False
+    assert_no_secret(json.dumps(health), "health_check() when down")
+    assert_introspection_clean(handler)
+    assert_logs_clean(logs)
+
+
+async def test_initialize_refused_leaks_nothing(dead_port, logs):
+    handler = HandlerConsul(
+        settings=ConsulSettings(host="127.0.0.1", port=dead_port, token=SENTINEL)
+    )
+    with pytest.raises(InfraConnectionError) as caught:
+        await handler.initialize()
+    assert_error_clean(caught.value)
+    assert_introspection_clean(handler)
+    assert_logs_clean(logs)
+
+
+async def test_timeout_leaks_nothing(make_handler, acl_agent, toxiproxy_for, sentinel_token, logs):
+    proxy = toxiproxy_for(acl_agent)
+    handler = await make_handler(proxy, token=sentinel_token, timeout_seconds=0.3)
+    proxy.latency(1000)
+    with pytest.raises(InfraTimeoutError) as caught:
+        await handler.execute(envelope("kv_put", key=f"{uniq('sec')}/k", value="v"))
+    assert_error_clean(caught.value)
+    assert_introspection_clean(handler)
+    assert_logs_clean(logs)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"token": SENTINEL, "port": 0},
+        {"token": SENTINEL, "port": "abc"},
+        {"token": SENTINEL, "host": "evil/path"},
+        {"token": SENTINEL, "nonsense": SENTINEL},
+        {"token": SENTINEL + "\n"},
+        {"token": f"x\r\nX-Other: {SENTINEL}"},
+        {"token": SENTINEL, "retry": {"max_attempts": SENTINEL}},
+    ],
+    ids=["port-0", "port-abc", "host", "unknown-key", "token-newline", "token-crlf", "nested"],
+)
+async def test_bad_config_leaks_nothing(config, logs):
+    handler = HandlerConsul()
+    with pytest.raises(InfraConfigurationError) as caught:
+        await handler.initialize(config)
+    assert_error_clean(caught.value)
+    assert_introspection_clean(handler)
+    assert_logs_clean(logs)
+
+
+async def test_bad_env_config_leaks_nothing(monkeypatch, logs):
+    monkeypatch.setenv("CONSUL_TOKEN", SENTINEL)
+    monkeypatch.setenv("CONSUL_PORT", "abc")
+    handler = HandlerConsul()
+    with pytest.raises(InfraConfigurationError) as caught:
+        await handler.initialize()
+    assert caught.value.context.field == "port"
+    assert_error_clean(caught.value)
+    assert_logs_clean(logs)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"key": "a/../b", "value": SENTINEL},
+        {"key": f"a/../{SENTINEL}", "value": "v"},
+        {"key": "k", "value": "v", "flags": SENTINEL},
+    ],
+    ids=["value", "key", "flags"],
+)
+async def test_validation_errors_leak_nothing(
+    make_handler, acl_agent, sentinel_token, logs, payload
+):
+    handler = await make_handler(acl_agent, token=sentinel_token)
+    with pytest.raises(InfraValidationError) as caught:
+        await handler.execute({"operation": "consul.kv_put", "payload": payload})
+    assert_error_clean(caught.value)
+    assert_logs_clean(logs)
+
+
+# -- deeper leaks: what debuggers, error trackers and direct construction see ---------------------
+
+
+@pytest.mark.xfail(strict=True, reason="bug: /tmp/bugs/token-in-traceback-locals.md")
+async def test_traceback_locals_of_a_failure_leak_nothing(
+    make_handler, acl_agent, toxiproxy_for, sentinel_token
+):
+    # Error trackers (Sentry) and `pytest --showlocals` render every frame's locals with repr().
+    proxy = toxiproxy_for(acl_agent)
+    handler = await make_handler(proxy, token=sentinel_token, timeout_seconds=0.3)
+    proxy.latency(1000)
+    with pytest.raises(InfraTimeoutError) as caught:
+        await handler.execute(envelope("kv_get", key=f"{uniq('sec')}/k"))
+    rendered = "".join(
+        traceback.TracebackException.from_exception(caught.value, capture_locals=True).format()
+    )
+    assert_no_secret(rendered, "traceback locals")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: /tmp/bugs/settings-validation-echoes-token.md")
+@pytest.mark.parametrize("bad", [SENTINEL + "\n", f"a\r\nX: {SENTINEL}"], ids=["lf", "crlf"])
+def test_direct_settings_validation_error_leaks_nothing(bad):
+    with pytest.raises(ValidationError) as caught:
+        ConsulSettings(token=bad)
+    assert_no_secret(str(caught.value), "ValidationError")
+    assert_no_secret(repr(caught.value.errors()), "ValidationError.errors()")
