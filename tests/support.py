@@ -91,3 +91,49 @@ def recording_proxy(upstream: Any) -> Any:
                 return bytes(self._raw)
 
     return RecordingProxy(upstream).start()
+
+
+class LogCollector:
+    """Collects every record that reaches the root logger while installed."""
+
+    def __init__(self) -> None:
+        import logging
+
+        collector = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                collector.records.append(record)
+
+        self.records: list[logging.LogRecord] = []
+        self.handler = _Handler(logging.DEBUG)
+
+    def named(self, prefix: str) -> list[Any]:
+        return [r for r in self.records if r.name == prefix or r.name.startswith(prefix + ".")]
+
+    def for_correlation(self, correlation_id: Any) -> list[Any]:
+        cid = str(correlation_id)
+        return [r for r in self.records if getattr(r, "correlation_id", None) == cid]
+
+
+def install_log_collector(level: int) -> tuple[LogCollector, Any]:
+    """Install a collector on the root logger with ``handler_consul`` at ``level``.
+
+    Returns the collector and a function that undoes everything.
+    """
+    import logging
+
+    collector = LogCollector()
+    root = logging.getLogger()
+    ours = logging.getLogger("handler_consul")
+    saved = (root.level, ours.level)
+    root.addHandler(collector.handler)
+    root.setLevel(logging.DEBUG)
+    ours.setLevel(level)
+
+    def undo() -> None:
+        root.removeHandler(collector.handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+    return collector, undo
