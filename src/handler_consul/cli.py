@@ -119,6 +119,16 @@ def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> No
 # -- arguments -------------------------------------------------------------------------------
 
 
+class _RefuseToken(argparse.Action):
+    """``--token`` exists only to refuse it without echoing the value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error(
+            "there is no --token option (a token on the command line shows in ps): "
+            "set CONSUL_TOKEN or CONSUL_HTTP_TOKEN, or use --token-file"
+        )
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The same options on the main parser and on every subcommand, so they go anywhere.
 
@@ -151,6 +161,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         help="read the ACL token from this file; otherwise CONSUL_TOKEN / CONSUL_HTTP_TOKEN. "
         "There is no --token: it would show in ps.",
     )
+    group.add_argument("--token", action=_RefuseToken, nargs="?", help=argparse.SUPPRESS)
     logs = parser.add_argument_group("logging (to stderr)")
     logs.add_argument(
         "--log-level",
@@ -164,6 +175,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="handler-consul",
+        # No prefix matching: `--token SECRET` must be an error, not `--token-file SECRET`.
+        allow_abbrev=False,
         description="Run HandlerConsul envelopes against Consul from the command line.",
         epilog="Exit status: 0 ok, 1 an envelope failed / unhealthy, 2 usage or input not "
         "JSON, 3 the handler could not start, 130 interrupted.",
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         _add_global_options(p, suppress=True)
         return p
 
@@ -224,9 +237,9 @@ def _read_token(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        # Name the file, never its content.
+        # Neither the content nor the path: a token pasted in place of the path stays unseen.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"cannot read --token-file {path}: {reason}") from None
+        raise UsageError(f"cannot read the --token-file: {reason}") from None
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

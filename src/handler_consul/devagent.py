@@ -134,6 +134,14 @@ class DevAgent:
 
     def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> Self:
         """Start the agent and wait until it has a leader; retried on a port race."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            # Ctrl-C or SIGTERM while waiting for the leader: the agent must not outlive us.
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> Self:
         self._dir = Path(tempfile.mkdtemp(prefix="handler-consul-demo-"))
         last = ""
         for _ in range(_START_ATTEMPTS):
@@ -162,7 +170,6 @@ class DevAgent:
                 return self
             last = self.log_tail()
             self._stop_process()
-        self.stop()
         raise DevAgentError(f"the dev agent did not become ready; its log ends with:\n{last}")
 
     def _wait_ready(self, timeout: float) -> bool:

@@ -18,15 +18,14 @@ import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
-from uuid import UUID
 
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
-from handler_consul.envelope import MAX_ENVELOPE_TIMEOUT_SECONDS, Envelope, HandlerResponse
+from handler_consul.envelope import Envelope, HandlerResponse
 from handler_consul.errors import ErrorContext
 from handler_consul.operations import OPERATIONS, Operation
 
-__all__ = ["KINDS", "ErrorLine", "envelope_adapter", "result_type", "schema"]
+__all__ = ["KINDS", "ErrorLine", "envelope_adapter", "response_adapter", "result_type", "schema"]
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 KINDS = ("envelope", "result", "error", "all")
@@ -129,22 +128,17 @@ def envelope_adapter() -> TypeAdapter[Any]:
         create_model(
             f"{_suffix(op.name)}Envelope",
             __doc__=f"An envelope for {op.name}.",
-            __config__=Envelope.model_config,
+            __base__=Envelope,
             operation=(_const(op.name), ...),
             payload=(op.payload_model, ...),
-            correlation_id=(UUID | None, None),
-            envelope_id=(UUID | None, None),
-            timeout_seconds=(
-                float | None,
-                Field(None, gt=0, le=MAX_ENVELOPE_TIMEOUT_SECONDS),
-            ),
         )
         for op in sorted(OPERATIONS.values(), key=lambda o: o.name)
     ]
     return _tagged(variants)
 
 
-def _result_adapter() -> TypeAdapter[Any]:
+def response_adapter() -> TypeAdapter[Any]:
+    """A TypeAdapter for the success response with each operation's typed result."""
     variants = [
         create_model(
             f"{_suffix(op.name)}Response",
@@ -170,7 +164,7 @@ def schema(kind: str = "all") -> dict[str, Any]:
     if kind == "envelope":
         return _document(envelope_adapter(), "handler-consul envelope", "validation")
     if kind == "result":
-        return _document(_result_adapter(), "handler-consul success response", "serialization")
+        return _document(response_adapter(), "handler-consul success response", "serialization")
     if kind == "error":
         return _document(TypeAdapter(ErrorLine), "handler-consul error", "serialization")
     if kind == "all":
