@@ -1,0 +1,100 @@
+"""The public surface: ``handler_consul.__all__`` is exactly this list and ships typed."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.resources
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import handler_consul
+
+EXPECTED_ALL = [
+    "BreakerSettings",
+    "BreakerState",
+    "CircuitBreaker",
+    "ConsulSettings",
+    "Envelope",
+    "ErrorContext",
+    "HandlerConsul",
+    "HandlerResponse",
+    "InfraAuthenticationError",
+    "InfraConfigurationError",
+    "InfraConnectionError",
+    "InfraConsulError",
+    "InfraError",
+    "InfraTimeoutError",
+    "InfraUnavailableError",
+    "InfraValidationError",
+    "MixinAsyncCircuitBreaker",
+    "RetrySettings",
+    "__version__",
+]
+
+
+def test_all_is_exactly_the_public_names():
+    assert handler_consul.__all__ == EXPECTED_ALL
+
+
+def test_all_is_sorted():
+    assert handler_consul.__all__ == sorted(handler_consul.__all__)
+
+
+def test_every_name_imports():
+    module = importlib.import_module("handler_consul")
+    for name in handler_consul.__all__:
+        assert getattr(module, name) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from handler_consul import *", namespace)
+    assert set(EXPECTED_ALL) <= set(namespace)
+
+
+def test_public_classes_say_they_are_public():
+    for name in EXPECTED_ALL:
+        obj = getattr(handler_consul, name)
+        if isinstance(obj, type):
+            assert obj.__module__.startswith("handler_consul."), (name, obj.__module__)
+            assert not obj.__name__.startswith("_"), name
+
+
+def test_version_matches_the_distribution():
+    assert handler_consul.__version__ == importlib.metadata.version("handler-consul")
+
+
+def test_py_typed_is_installed():
+    marker = importlib.resources.files("handler_consul").joinpath("py.typed")
+    assert marker.is_file()
+
+
+def test_py_typed_is_in_the_build(tmp_path):
+    # setuptools' build_py is what a wheel's contents come from; run it on a clean copy so
+    # an editable install's stale state cannot hide a missing package-data entry.
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    shutil.copytree(
+        root / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
+    build = tmp_path / "build-lib"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import setuptools; setuptools.setup()",
+            "-q",
+            "build_py",
+            "-d",
+            str(build),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (build / "handler_consul" / "py.typed").is_file()
+    assert (build / "handler_consul" / "__init__.py").is_file()
