@@ -289,13 +289,21 @@ async def test_pool_saturated_past_max_wait(make_handler, toxiproxy):
 # -- InfraConsulError: Consul itself rejects the request -----------------------------------------
 
 
-async def test_400_from_consul(make_handler, consul_agent):
-    # A duration our validation accepts (Go syntax) but which overflows Go's time.Duration:
-    # Consul answers 400 "Request decode failed: time: invalid duration".
+@pytest.mark.parametrize(
+    ("check", "says"),
+    [
+        # Go duration syntax our validation accepts, but it overflows time.Duration.
+        ({"ttl": "99999999999h"}, "invalid duration"),
+        # A zero interval: Consul's own check validation refuses it.
+        ({"tcp": "127.0.0.1:80", "interval": "0s"}, "Interval must be > 0"),
+    ],
+    ids=["duration-overflow", "zero-interval"],
+)
+async def test_400_from_consul(make_handler, consul_agent, check, says):
     handler = await make_handler(consul_agent, retry={"max_attempts": 3})
-    sid = uniq("bad-ttl")
+    sid = uniq("bad-check")
     env = {
-        **envelope("register", service_id=sid, name="bad", check={"ttl": "99999999999h"}),
+        **envelope("register", service_id=sid, name="bad", check=check),
         "correlation_id": str(uuid.uuid4()),
     }
     with pytest.raises(InfraConsulError) as caught:
@@ -309,7 +317,7 @@ async def test_400_from_consul(make_handler, consul_agent):
         correlation_id=env["correlation_id"],
         status_code=400,
     )
-    assert "invalid duration" in str(error)
+    assert says in str(error)
     assert_json_ready(error)
     assert consul_agent.request("GET", f"/v1/agent/service/{sid}").status == 404
     assert handler.describe()["circuit_breakers"]["consul.default"]["consecutive_failures"] == 0
