@@ -66,18 +66,18 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that contain ``text`` (e.g. a temp dir)."""
+def consul_processes_in(directory: Path) -> list[str]:
+    """Command lines of live ``consul`` processes whose arguments point into ``directory``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if text in cmdline and "pytest" not in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
+        if Path(argv[0]).name == "consul" and any(str(directory) in arg for arg in argv):
+            found.append(f"{proc.name}: {' '.join(argv)}")
     return found
 
 
@@ -447,7 +447,7 @@ def test_demo_with_nothing_configured_starts_and_stops_its_own_agent(
     assert "stopped the throwaway agent" in result.stdout
     with pytest.raises(ProcessLookupError):
         os.kill(int(match.group(1)), 0)
-    assert processes_mentioning(str(tmp_path)) == []
+    assert consul_processes_in(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
 
@@ -460,14 +460,16 @@ def test_demo_stops_its_agent_when_interrupted(consul_bin: str, tmp_path: Path) 
     first = proc.stdout.readline()
     assert "starting" in first
     deadline = time.monotonic() + 30
-    while not processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+    while not consul_processes_in(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.01)
+    started = consul_processes_in(tmp_path)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
 
-    # Interrupted (130), or it had already finished (0): either way nothing is left.
-    assert proc.returncode in (130, 0)
-    assert processes_mentioning(str(tmp_path)) == []
+    assert started, "the demo never started its agent"
+    assert proc.returncode == 130, out
+    assert "stopped the throwaway agent" in out
+    assert consul_processes_in(tmp_path) == []
 
 
 def test_demo_without_a_consul_binary_says_how_to_get_one(tmp_path: Path) -> None:

@@ -712,12 +712,12 @@ def cmd_demo(args: argparse.Namespace, config: dict[str, Any]) -> int:
         return anyio.run(run_demo, config, f"{settings_host} (configured)")
     try:
         agent = DevAgent()
-        _say(f"handler-consul demo: no Consul configured; starting {agent.version()} locally")
-        agent.start()
     except DevAgentError as exc:
         print(f"handler-consul demo: {exc}", file=sys.stderr)
         return EXIT_NOT_STARTED
+    _say(f"handler-consul demo: no Consul configured; starting {agent.version()} locally")
     try:
+        agent.start()
         # Not the user's token, datacenter or TLS: this agent is ours and plain HTTP.
         local = {
             **config,
@@ -728,6 +728,9 @@ def cmd_demo(args: argparse.Namespace, config: dict[str, Any]) -> int:
             "datacenter": None,
         }
         return anyio.run(run_demo, local, f"{agent.url} (throwaway agent, pid {agent.pid})")
+    except DevAgentError as exc:
+        print(f"handler-consul demo: {exc}", file=sys.stderr)
+        return EXIT_NOT_STARTED
     finally:
         agent.stop()
         _say("handler-consul demo: stopped the throwaway agent")
