@@ -16,7 +16,7 @@ import math
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -62,7 +62,8 @@ class _Runtime:
     pool: BoundedThreadPool
     policy: RetryPolicy
     budget: RetryBudget
-    token: str | None
+    # Kept out of repr: traceback renderers (Sentry, --showlocals) repr every frame local.
+    token: str | None = field(repr=False)
 
 
 class HandlerConsul(MixinAsyncCircuitBreaker):
@@ -120,6 +121,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._init_circuit_breakers(
             _breaker_config(settings), clock=self._clock, on_transition=self._on_transition
         )
+        # Created now, not on first use, so describe() shows it from the start.
+        self.circuit_breaker(settings.datacenter)
         self._runtime = runtime
         self._closing = False
         self._was_shut_down = False

@@ -28,8 +28,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -142,6 +142,8 @@ class ConsulSettings(BaseSettings):
         case_sensitive=False,
         validate_by_name=True,
         validate_by_alias=True,
+        # A bad value is never echoed in the error: it may be the token.
+        hide_input_in_errors=True,
     )
 
     host: str = "localhost"
@@ -169,6 +171,20 @@ class ConsulSettings(BaseSettings):
     verify_tls: bool = Field(True, validation_alias="CONSUL_HTTP_SSL_VERIFY")
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+
+    def __init__(self, **values: Any) -> None:
+        """Bad settings raise InfraConfigurationError naming the field.
+
+        Not pydantic's ValidationError: for a model-level rule its ``errors()`` carry the
+        whole raw input, token included. Raised outside the ``except`` so nothing is chained.
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            error = _configuration_error(exc)
+        else:
+            return
+        raise error
 
     @classmethod
     def settings_customise_sources(
@@ -207,21 +223,20 @@ class ConsulSettings(BaseSettings):
     @field_validator("token")
     @classmethod
     def _token_is_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
+        if value is None or not value.get_secret_value():
             return None
         secret = value.get_secret_value()
-        if not secret:
-            return None
         if any(ch in secret for ch in "\r\n\0") or not secret.isprintable():
             # The message must not echo the value: it is a secret.
             raise ValueError("must be printable text without line breaks")
         return value
 
-    @model_validator(mode="after")
-    def _tls_pairs(self) -> ConsulSettings:
-        if self.client_key and not self.client_cert:
-            raise ValueError("client_key is set without client_cert")
-        return self
+    @field_validator("client_key")
+    @classmethod
+    def _key_needs_cert(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("client_cert"):
+            raise ValueError("is set without client_cert")
+        return value
 
     @property
     def effective_max_wait_seconds(self) -> float:
@@ -257,28 +272,24 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
 def load_settings(
     base: ConsulSettings | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ConsulSettings:
-    """Build settings for ``initialize()``; failures become InfraConfigurationError.
-
-    The error names the field and pydantic's reason but never the input value, so a token
-    given in the wrong place cannot leak; the pydantic error is not chained for the same reason.
-    """
+    """Build settings for ``initialize()``: ``base`` (or the environment) plus ``overrides``."""
     overrides = dict(overrides or {})
-    try:
-        if base is None:
-            return ConsulSettings(**overrides)
-        if not overrides:
-            return base
-        current = base.model_dump()
-        return ConsulSettings(**_deep_merge(current, overrides))
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "settings"
-        if field == "CONSUL_TIMEOUT":
-            field = "timeout_seconds"
-        elif field == "CONSUL_HTTP_SSL_VERIFY":
-            field = "verify_tls"
-        message = f"invalid Consul setting {field!r}: {first['msg']}"
-        error = InfraConfigurationError(
-            message, context=ErrorContext(category="configuration", field=field)
-        )
-    raise error
+    if base is None:
+        return ConsulSettings(**overrides)
+    if not overrides:
+        return base
+    return ConsulSettings(**_deep_merge(base.model_dump(), overrides))
+
+
+_ALIASES = {"CONSUL_TIMEOUT": "timeout_seconds", "CONSUL_HTTP_SSL_VERIFY": "verify_tls"}
+
+
+def _configuration_error(exc: ValidationError) -> InfraConfigurationError:
+    """Name the field and pydantic's reason, never the value: it may be the token."""
+    first = exc.errors(include_input=False, include_url=False, include_context=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    field = _ALIASES.get(field, field)
+    message = f"invalid Consul setting {field!r}: {first['msg']}"
+    return InfraConfigurationError(
+        message, context=ErrorContext(category="configuration", field=field)
+    )

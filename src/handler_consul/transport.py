@@ -84,7 +84,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
         # Built once: the token goes in this header and nowhere else.
         self._base_headers: dict[str, str] = {"Accept": "application/json"}
         if token:
-            self._base_headers["X-Consul-Token"] = token
+            self._base_headers["X-Consul-Token"] = _MaskedHeader(token)
 
     def __repr__(self) -> str:
         return f"ConsulTransport({self.base_uri!r}, pool_size={self._pool_size})"
@@ -245,6 +245,19 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
                 self._checkin(conn)
             return Response(response.status, response.headers, _text(content), content)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _MaskedHeader(str):
+    """The token as a header value whose repr is masked.
+
+    Traceback renderers that show frame locals (Sentry, ``pytest --showlocals``) repr the
+    headers dict of a failing request; http.client only ever encodes the value.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
 
 
 def _text(content: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated
+from urllib.parse import unquote
 
 from pydantic import AfterValidator
 
@@ -72,6 +73,20 @@ def _check_key_segments(value: str, *, allow_empty: bool) -> str:
         raise ValueError("must not start with '/'")
     if "\\" in value:
         raise ValueError("must not contain '\\'")
+    _check_segments(value)
+    # Consul percent-decodes a key once more and answers 500 ("path traversal is not
+    # allowed") when the decoded form contains '..'. A 500 would be retried and counted by
+    # the breaker, so one bad caller could open it for everyone: refuse such keys here.
+    if "%" in value:
+        decoded = unquote(value)
+        if decoded != value:
+            if ".." in decoded or "\\" in decoded:
+                raise ValueError("must not contain percent-encoded '..' or '\\'")
+            _check_segments(decoded)
+    return value
+
+
+def _check_segments(value: str) -> None:
     # A trailing '/' names a folder and is fine; an empty segment anywhere else ('a//b')
     # and dot segments are rewritten by path normalisation, i.e. they address another path.
     segments = value.split("/")
@@ -80,7 +95,6 @@ def _check_key_segments(value: str, *, allow_empty: bool) -> str:
     for segment in segments:
         if segment in {"", ".", ".."}:
             raise ValueError("must not contain empty, '.' or '..' path segments")
-    return value
 
 
 def _key(value: str) -> str:

@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul.client import ConsulClient
 from handler_consul.validation import (
@@ -40,62 +40,91 @@ _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
 
 
 class KvGetPayload(BaseModel):
-    """Read one key, every key under a prefix (``recurse``), or key names only (``keys_only``)."""
+    """Read one key, every key under a prefix (``recurse``), or key names only (``keys_only``).
+
+    The modes are declared before ``key`` so the key's own validator can see them and name
+    ``payload.key`` when it is empty for a single-key read.
+    """
 
     model_config = _STRICT
 
-    key: KvPrefix
     recurse: bool = False
     keys_only: bool = False
+    key: KvPrefix
     separator: str | None = Field(None, min_length=1, max_length=16)
     consistency: Literal["default", "stale", "consistent"] = "default"
+
+    @field_validator("key")
+    @classmethod
+    def _key_for_mode(cls, key: str, info: ValidationInfo) -> str:
+        if key == "" and not (info.data.get("recurse") or info.data.get("keys_only")):
+            raise ValueError("must not be empty unless recurse or keys_only is set")
+        return key
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, separator: str | None, info: ValidationInfo) -> str | None:
+        if separator is None:
+            return None
+        if not separator.isprintable():
+            raise ValueError("must be printable")
+        if not info.data.get("keys_only"):
+            raise ValueError("is only meaningful with keys_only")
+        return separator
 
     @model_validator(mode="after")
     def _modes(self) -> KvGetPayload:
         if self.recurse and self.keys_only:
             raise ValueError("recurse and keys_only are mutually exclusive")
-        if self.separator is not None and not self.keys_only:
-            raise ValueError("separator is only meaningful with keys_only")
-        if self.key == "" and not (self.recurse or self.keys_only):
-            raise ValueError("key must not be empty unless recurse or keys_only is set")
-        if self.separator is not None and not self.separator.isprintable():
-            raise ValueError("separator must be printable")
         return self
 
 
 class KvPutPayload(BaseModel):
-    """Write one key; ``cas``, ``acquire`` and ``release`` make it conditional."""
+    """Write one key; ``cas``, ``acquire`` and ``release`` make it conditional.
+
+    ``encoding`` is declared before ``value`` so the value's validator knows how to decode it.
+    """
 
     model_config = _STRICT
 
     key: KvKey
-    value: str | bytes
     encoding: Literal["utf-8", "base64"] = "utf-8"
+    value: str | bytes
     flags: int | None = Field(None, ge=0, le=UINT64_MAX)
     cas: int | None = Field(None, ge=0, le=UINT64_MAX)
     acquire: SessionId | None = None
     release: SessionId | None = None
 
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | bytes, info: ValidationInfo) -> str | bytes:
+        encoding = info.data.get("encoding", "utf-8")
+        if isinstance(value, bytes) and encoding != "utf-8":
+            raise ValueError("encoding applies to text values only; bytes are sent as they are")
+        if len(_value_bytes(value, encoding)) > MAX_VALUE_BYTES:
+            raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
+        return value
+
     @model_validator(mode="after")
-    def _value_and_locks(self) -> KvPutPayload:
+    def _locks(self) -> KvPutPayload:
         if self.acquire is not None and self.release is not None:
             raise ValueError("acquire and release are mutually exclusive")
-        if isinstance(self.value, bytes) and self.encoding != "utf-8":
-            raise ValueError("encoding applies to text values only; bytes are sent as they are")
-        if len(self.data()) > MAX_VALUE_BYTES:
-            raise ValueError(f"value must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
         return self
 
     def data(self) -> bytes:
         """The bytes to store."""
-        if isinstance(self.value, bytes):
-            return self.value
-        if self.encoding == "base64":
-            try:
-                return base64.b64decode(self.value, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("value is not valid base64") from None
-        return self.value.encode("utf-8")
+        return _value_bytes(self.value, self.encoding)
+
+
+def _value_bytes(value: str | bytes, encoding: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if encoding == "base64":
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("is not valid base64") from None
+    return value.encode("utf-8")
 
 
 class KvEntry(TypedDict):
