@@ -35,7 +35,7 @@ from handler_consul.errors import (
     InfraValidationError,
 )
 from handler_consul.operations import OPERATIONS, Operation
-from handler_consul.pool import BoundedThreadPool
+from handler_consul.pool import BoundedThreadPool, PoolClosed
 from handler_consul.retry import RetryBudget, RetryPolicy, sleep_budget
 from handler_consul.settings import ConsulSettings, load_settings
 from handler_consul.translate import ContextFields, make_context, translate
@@ -199,10 +199,10 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), grace)
         if self._in_flight:
-            failed = runtime.pool.abandon(self._shutdown_error)
+            failed = runtime.pool.abandon(_shut_down_marker)
             for sleeper in list(self._sleepers):
                 if not sleeper.done():
-                    sleeper.set_exception(self._shutdown_error())
+                    sleeper.set_exception(_shut_down_marker())
                     failed += 1
             logger.warning("shutdown: grace period over, failed %d in-flight envelopes", failed)
             # Let the failed envelopes observe their error before resources go away.
@@ -213,16 +213,6 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._was_shut_down = True
         self._drained = None
         logger.info("shut down", extra={"target": runtime.settings.breaker_name})
-
-    def _shutdown_error(self) -> InfraUnavailableError:
-        return InfraUnavailableError(
-            "HandlerConsul shut down before this envelope finished",
-            context=make_context(
-                ContextFields(None, None, self._target(), self._datacenter()),
-                InfraUnavailableError,
-                attempts=0,
-            ),
-        )
 
     async def __aenter__(self) -> Self:
         await self.initialize()
@@ -353,7 +343,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                         context=make_context(fields, InfraUnavailableError, attempts=attempt),
                         retry_after_seconds=retry_after if math.isfinite(retry_after) else None,
                     )
-                await self._sleep(wait)
+                await self._sleep(wait, fields, attempt, runtime)
                 continue
             attempt += 1
             call_started = self._clock()
@@ -383,7 +373,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             self._log_failure(fields, error, attempt, call_started, retrying=delay is not None)
             if delay is None:
                 raise error
-            await self._sleep(delay)
+            await self._sleep(delay, fields, attempt, runtime)
 
     def _retry_delay(
         self,
@@ -405,12 +395,24 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             return None
         return wait
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(
+        self, seconds: float, fields: ContextFields, attempt: int, runtime: _Runtime
+    ) -> None:
+        """Back off between attempts; a shutdown ends the wait with this envelope's context."""
+        try:
+            await self._backoff(seconds)
+        except PoolClosed as exc:
+            error = translate(exc, fields, attempts=attempt, token=runtime.token)
+        else:
+            return
+        raise error
+
+    async def _backoff(self, seconds: float) -> None:
         if self._injected_sleep is not None:
             await self._injected_sleep(seconds)
             return
         if self._closing:
-            raise self._shutdown_error()
+            raise _shut_down_marker()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         handle = loop.call_later(seconds, _resolve, future)
@@ -587,6 +589,11 @@ def _call_leader(client: ConsulClient, timeout: float) -> str:
     client.http.set_request_timeout(timeout)
     leader = client.status.leader()
     return leader if isinstance(leader, str) else ""
+
+
+def _shut_down_marker() -> PoolClosed:
+    """What shutdown posts to unfinished envelopes; translate() adds each one's context."""
+    return PoolClosed("shut down before this envelope finished")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

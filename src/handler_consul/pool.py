@@ -127,7 +127,7 @@ class BoundedThreadPool:
 
     async def _acquire(self, wait_seconds: float) -> None:
         if self._closed:
-            raise PoolClosed("the worker pool is shut down")
+            raise PoolClosed("is shut down")
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
@@ -263,7 +263,7 @@ class BoundedThreadPool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(reason or PoolClosed("the worker pool is shut down"))
+                waiter.set_exception(reason or PoolClosed("is shut down"))
         for _ in self._threads:
             self._jobs.put(_STOP)
 

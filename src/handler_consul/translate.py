@@ -117,7 +117,7 @@ def translate(
         message = f"{op}: all Consul workers busy ({exc})"
     elif isinstance(exc, PoolClosed):
         error_class = InfraUnavailableError
-        message = f"{op}: handler is shutting down"
+        message = f"{op}: HandlerConsul {exc}"
     elif isinstance(exc, consul.base.ACLPermissionDenied):
         error_class, status = InfraAuthenticationError, 403
         message = f"{op}: Consul ACL denied the request (403): {_short(str(exc))}"
