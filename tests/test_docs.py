@@ -1,0 +1,106 @@
+"""The docs in docs/patterns/ are true: their python samples run, their JSON samples validate.
+
+Each ```python block runs as the body of a coroutine (top-level ``await`` is allowed) against
+the shared dev agent, found through CONSUL_HOST / CONSUL_PORT as a user's code would find it.
+Each ```json block that is an envelope, a success response or an error dict is validated
+against the models the handler and the CLI use.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import ConsulAgent
+
+from handler_consul.schema import ErrorLine, envelope_adapter, response_adapter
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "patterns"
+OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md"]
+# ```json refused marks an envelope the docs show being refused: it must fail validation.
+_FENCE = re.compile(r"^```(\w*)[ ]*([\w ]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def blocks(language: str) -> list[tuple[str, str]]:
+    """(id, code) of every fenced block in ``language`` in our pages; the id names the page,
+    the line and the block's info words (``refused``)."""
+    found = []
+    for page in OURS:
+        text = (DOCS / page).read_text()
+        for n, match in enumerate(m for m in _FENCE.finditer(text) if m.group(1) == language):
+            line = text[: match.start()].count("\n") + 1
+            info = "-".join(match.group(2).split())
+            found.append((f"{page}:{line}#{n}{'-' + info if info else ''}", match.group(3)))
+    return found
+
+
+PYTHON = blocks("python")
+JSON = blocks("json")
+
+
+def test_every_page_has_samples() -> None:
+    for page in OURS:
+        assert any(i.startswith(page) for i, _ in PYTHON), f"{page} has no runnable sample"
+
+
+def test_the_index_lists_every_page() -> None:
+    index = (DOCS / "README.md").read_text()
+    for page in [*OURS, "circuit_breaker.md", "thread_pool.md"]:
+        assert f"]({page})" in index
+
+
+@pytest.mark.parametrize(("where", "code"), PYTHON, ids=[i for i, _ in PYTHON])
+async def test_python_sample_runs(
+    where: str, code: str, consul_agent: ConsulAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_TOKEN", "CONSUL_DATACENTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONSUL_HOST", consul_agent.host)
+    monkeypatch.setenv("CONSUL_PORT", str(consul_agent.port))
+    compiled = compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    namespace: dict[str, Any] = {"__name__": "__docs__"}
+    result = eval(compiled, namespace)  # our own docs
+    if result is not None:
+        await result
+
+
+def _kind(sample: Any) -> str | None:
+    if not isinstance(sample, dict):
+        return None
+    if sample.get("status") == "success":
+        return "response"
+    if "error" in sample and "context" in sample:
+        return "error"
+    if "operation" in sample and "payload" in sample:
+        return "envelope"
+    return None
+
+
+def test_json_samples_are_json() -> None:
+    for where, text in JSON:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            pytest.fail(f"{where}: {exc}")
+
+
+@pytest.mark.parametrize(("where", "text"), JSON, ids=[i for i, _ in JSON])
+def test_json_sample_matches_the_models(where: str, text: str) -> None:
+    sample = json.loads(text)
+    kind = _kind(sample)
+    if where.endswith("-refused"):
+        assert kind == "envelope", where
+        with pytest.raises(ValueError, match="payload"):
+            envelope_adapter().validate_python(sample)
+    elif kind == "envelope":
+        envelope_adapter().validate_python(sample)
+    elif kind == "response":
+        response_adapter().validate_python(sample)
+    elif kind == "error":
+        ErrorLine.model_validate(sample)
+    else:
+        pytest.skip("not an envelope, response or error")
