@@ -18,6 +18,7 @@ and never interpolate the token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
@@ -64,6 +65,9 @@ class ErrorContext(BaseModel):
     field: str | None = None
 
 
+ContextSource = ErrorContext | Callable[[], ErrorContext]
+
+
 class InfraError(Exception):
     """Base of every error the handler raises."""
 
@@ -71,13 +75,24 @@ class InfraError(Exception):
     retryable: ClassVar[bool] = False
     counts_as_failure: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, context: ErrorContext | None = None) -> None:
+    def __init__(self, message: str, *, context: ContextSource | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.context = context if context is not None else ErrorContext(category=self.category)
+        # A factory is accepted so that the open-breaker fast path does not pay for a model
+        # its caller may never read; it is resolved once, on first access.
+        self._context: ContextSource | None = context
         # True when the failed request may still have been applied by Consul (sent, then
         # timed out or answered 5xx): such a write is re-sent only if it is idempotent.
         self.outcome_unknown = False
+
+    @property
+    def context(self) -> ErrorContext:
+        """Where and how it failed (frozen)."""
+        context = self._context
+        if not isinstance(context, ErrorContext):
+            context = context() if context is not None else ErrorContext(category=self.category)
+            self._context = context
+        return context
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the class name, the message and the context."""
@@ -101,7 +116,7 @@ class InfraValidationError(InfraError):
         self,
         message: str,
         *,
-        context: ErrorContext | None = None,
+        context: ContextSource | None = None,
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message, context=context)
@@ -152,7 +167,7 @@ class InfraUnavailableError(InfraError):
         self,
         message: str,
         *,
-        context: ErrorContext | None = None,
+        context: ContextSource | None = None,
         retry_after_seconds: float | None = None,
     ) -> None:
         super().__init__(message, context=context)

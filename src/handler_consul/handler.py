@@ -17,6 +17,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -340,7 +341,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                 if wait is None or attempt >= policy.max_attempts or not math.isfinite(retry_after):
                     raise InfraUnavailableError(
                         f"{operation.name}: circuit breaker {breaker.name} is open",
-                        context=make_context(fields, InfraUnavailableError, attempts=attempt),
+                        context=partial(make_context, fields, InfraUnavailableError, attempt),
                         retry_after_seconds=retry_after if math.isfinite(retry_after) else None,
                     )
                 await self._sleep(wait, fields, attempt, runtime)

@@ -53,8 +53,8 @@ class ContextFields:
 def make_context(
     fields: ContextFields,
     error_class: type[InfraError],
-    *,
     attempts: int,
+    *,
     status_code: int | None = None,
     field: str | None = None,
 ) -> ErrorContext:

@@ -56,11 +56,21 @@ _HOSTNAME = re.compile(
 )
 
 
+# The common case, accepted in one regex match: segments of safe characters, none starting
+# with '.' (so none is '.' or '..'), no '%' or '\\', an optional trailing '/'. Everything
+# else takes the full checks below.
+_PLAIN_KEY = re.compile(
+    r"[A-Za-z0-9_\-:@=+,~][A-Za-z0-9_\-.:@=+,~]*(?:/[A-Za-z0-9_\-:@=+,~][A-Za-z0-9_\-.:@=+,~]*)*/?"
+)
+
+
 def _printable(value: str) -> bool:
     return value.isprintable()
 
 
 def _check_key_segments(value: str, *, allow_empty: bool) -> str:
+    if len(value) <= MAX_KEY_LENGTH and _PLAIN_KEY.fullmatch(value):
+        return value
     if not value:
         if allow_empty:
             return value
