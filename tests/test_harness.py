@@ -95,6 +95,8 @@ def test_agent_dns_and_grpc_are_disabled(consul_agent: ConsulAgent) -> None:
     assert ports["GRPCPort"] == -1
     assert ports["GRPCTLSPort"] == -1
     assert ports["HTTPPort"] == consul_agent.http_port
+    # Long enough that a black-holed request hangs instead of being closed by Consul.
+    assert ports["HTTPReadHeaderTimeout"] == ports["HTTPIdleTimeout"] == "1h0m0s"
 
 
 @pytest.mark.consul
@@ -225,6 +227,17 @@ def test_toxiproxy_down_up_timeout_reset(toxiproxy: Toxiproxy) -> None:
         _http(addr, "GET", "/v1/status/leader", timeout=2.0)
     toxiproxy.clear()
     assert _round_trip(addr) < 1
+
+
+@pytest.mark.consul
+@pytest.mark.slow
+def test_toxiproxy_black_hole_outlasts_consuls_default_read_timeout(toxiproxy: Toxiproxy) -> None:
+    """Consul closes a silent connection after 10 s by default; harness agents do not."""
+    toxiproxy.timeout(0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        _http(toxiproxy.listen_addr, "GET", "/v1/status/leader", timeout=11.0)
+    assert time.monotonic() - started >= 11.0
 
 
 @pytest.mark.consul

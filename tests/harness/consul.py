@@ -115,6 +115,10 @@ class ConsulAgent(ManagedProcess):
             "log_level": "DEBUG",
             "ui_config": {"enabled": False},
             "performance": {"raft_multiplier": 1},
+            # Consul closes a connection that sends no request within 10 s (read header
+            # timeout) or idles 120 s between requests; toxiproxy passes that close on, so a
+            # black-holed request would end in "connection lost" instead of hanging.
+            "http_config": {"read_header_timeout": "1h", "idle_timeout": "1h"},
         }
         if not self.dev:
             cfg.update({"server": True, "bootstrap_expect": 1})

@@ -207,6 +207,8 @@ class Toxiproxy:
         """Drop all data; close the connection after ``ms`` (0: never, a black hole).
 
         Upstream by default, so the request never reaches Consul and no answer comes back.
+        The connection stays open as long as Consul keeps its end open: harness agents wait
+        an hour for a request (Consul's defaults close after 10 s, or 120 s when idle).
         """
         return self.add_toxic("timeout", {"timeout": ms}, stream=stream)
 
