@@ -4,6 +4,8 @@
 and consul.kv_put through a bounded thread pool behind a circuit breaker. See README.md.
 """
 
+import logging
+
 from handler_consul._version import __version__
 from handler_consul.breaker import BreakerState, CircuitBreaker, MixinAsyncCircuitBreaker
 from handler_consul.envelope import Envelope, HandlerResponse
@@ -20,6 +22,9 @@ from handler_consul.errors import (
 )
 from handler_consul.handler import HandlerConsul
 from handler_consul.settings import BreakerSettings, ConsulSettings, RetrySettings
+
+# A library configures no logging; the application decides where records go.
+logging.getLogger("handler_consul").addHandler(logging.NullHandler())
 
 __all__ = [
     "BreakerSettings",
