@@ -302,7 +302,6 @@ async def test_shutdown_fails_what_outlives_the_grace_period(make_handler, toxip
     assert caught.value.context.category == "unavailable"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: /tmp/bugs/shutdown-error-context.md")
 async def test_shutdown_failure_carries_the_envelope_context(make_handler, toxiproxy):
     handler = await make_handler(toxiproxy, shutdown_grace_seconds=0.1, timeout_seconds=5)
     toxiproxy.latency(1500)

@@ -20,10 +20,6 @@ from handler_consul import ConsulSettings, HandlerConsul, InfraValidationError
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 SESSION = "8d7f4a4e-5b7c-4b64-9d39-0f6f2a1f0c11"
-TRAVERSAL_BUG = pytest.mark.xfail(
-    strict=True, reason="bug: /tmp/bugs/percent-encoded-traversal-keys.md"
-)
-FIELD_BUG = pytest.mark.xfail(strict=True, reason="bug: /tmp/bugs/refusal-field-names.md")
 
 
 @pytest.fixture(scope="module")
@@ -100,47 +96,38 @@ BAD_PAYLOADS = [
         {"key": "a%2F..%2Fb", "value": "x"},
         "payload.key",
         "key-pct-dotdot-slash",
-        TRAVERSAL_BUG,
     ),
     case(
         "kv_put",
         {"key": "x/%2e%2e", "value": "x"},
         "payload.key",
         "key-pct-2e2e-suffix",
-        TRAVERSAL_BUG,
     ),
     case(
         "kv_put",
         {"key": "%2e%2e/x", "value": "x"},
         "payload.key",
         "key-pct-2e2e-prefix",
-        TRAVERSAL_BUG,
     ),
-    case("kv_get", {"key": "a%2e%2e"}, "payload.key", "key-pct-2e2e", TRAVERSAL_BUG),
+    case("kv_get", {"key": "a%2e%2e"}, "payload.key", "key-pct-2e2e"),
     case("kv_get", {"key": "a/../b"}, "payload.key", "key-dotdot"),
     case("kv_get", {"key": "../agent/self", "recurse": True}, "payload.key", "recurse-dotdot"),
     case("kv_get", {"key": "a//", "keys_only": True}, "payload.key", "keys-empty-segment"),
     # values and numbers
     case(
-        "kv_put",
-        {"key": "k", "value": "x" * (512 * 1024 + 1)},
-        "payload.value",
-        "value-too-large",
-        FIELD_BUG,
+        "kv_put", {"key": "k", "value": "x" * (512 * 1024 + 1)}, "payload.value", "value-too-large"
     ),
     case(
         "kv_put",
         {"key": "k", "value": b"\x00" * (512 * 1024 + 1)},
         "payload.value",
         "bytes-too-large",
-        FIELD_BUG,
     ),
     case(
         "kv_put",
         {"key": "k", "value": "!!notbase64", "encoding": "base64"},
         "payload.value",
         "value-bad-base64",
-        FIELD_BUG,
     ),
     case(
         "kv_put",
@@ -201,14 +188,18 @@ BAD_PAYLOADS = [
         "payload",
         "recurse-and-keys-only",
     ),
-    case("kv_get", {"key": "a", "separator": "/"}, "payload", "separator-without-keys-only"),
-    case("kv_get", {"key": ""}, "payload.key", "empty-key-single", FIELD_BUG),
+    case(
+        "kv_get",
+        {"key": "a", "separator": "/"},
+        "payload.separator",
+        "separator-without-keys-only",
+    ),
+    case("kv_get", {"key": ""}, "payload.key", "empty-key-single"),
     case(
         "kv_get",
         {"key": "a", "keys_only": True, "separator": "\n"},
         "payload.separator",
         "separator-control-char",
-        FIELD_BUG,
     ),
     # register: ids, names, addresses, ports, meta, tags, checks
     case("register", {"service_id": "a/b", "name": "svc"}, "payload.service_id", "id-slash"),
@@ -391,7 +382,6 @@ async def test_refusal_context_names_the_breaker(proxy, clean_consul_env):
     assert (error.context.target, error.context.datacenter) == ("consul.dc1", "dc1")
 
 
-@TRAVERSAL_BUG
 async def test_bad_keys_do_not_open_the_breaker(proxy, clean_consul_env):
     h = HandlerConsul(
         settings=ConsulSettings(host=proxy.host, port=proxy.port, breaker={"failure_threshold": 2})
