@@ -134,8 +134,10 @@ async def test_initialize_against_a_dead_port_is_connection_error(clean_consul_e
 async def test_5xx_from_consul_is_connection_error_and_a_lock_write_is_not_resent(
     make_handler, counting_proxy
 ):
-    # Consul answers 500 "invalid session" for an acquire with a session that does not exist.
-    handler = await make_handler(counting_proxy, retry={**FAST_RETRY, "max_attempts": 3})
+    # A datacenter Consul does not know: every KV call answers 500 "No path to datacenter".
+    handler = await make_handler(
+        counting_proxy, datacenter="nowhere", retry={**FAST_RETRY, "max_attempts": 3}
+    )
     counting_proxy.reset()
     key = f"{uniq('5xx')}/lock"
     with pytest.raises(InfraConnectionError) as caught:
@@ -143,10 +145,33 @@ async def test_5xx_from_consul_is_connection_error_and_a_lock_write_is_not_resen
     error = caught.value
     assert type(error) is InfraConnectionError
     assert error.context.status_code == 500
-    assert error.context.attempts == 1
+    assert error.context.attempts == 1  # outcome unknown and not idempotent: never re-sent
+    assert error.context.datacenter == "nowhere"
     assert "500" in str(error)
     assert [p.split("?")[0] for p in counting_proxy.paths] == [f"/v1/kv/{key}"]
     assert_json_ready(error)
+
+
+async def test_500_invalid_session_is_a_rejection_not_an_outage(make_handler, counting_proxy):
+    """Consul answers a lock with an unknown session with 500 "invalid session": the caller's
+    mistake. Not retried, and not counted, so one caller's bad input cannot open the breaker."""
+    handler = await make_handler(
+        counting_proxy, retry={**FAST_RETRY, "max_attempts": 3}, breaker={"failure_threshold": 2}
+    )
+    counting_proxy.reset()
+    key = f"{uniq('session')}/lock"
+    for _ in range(4):
+        with pytest.raises(InfraConsulError) as caught:
+            # The value ends in a newline: the counting proxy frames requests by lines.
+            await handler.execute(kv_put(key, "v\n", acquire=str(uuid.uuid4())))
+        error = caught.value
+        assert error.context.status_code == 500
+        assert error.context.attempts == 1
+        assert error.context.retryable is False
+        assert "invalid session" in error.message
+    assert len([p for p in counting_proxy.paths if p.startswith(f"/v1/kv/{key}")]) == 4
+    assert handler.describe()["circuit_breakers"]["consul.default"]["state"] == "closed"
+    assert handler.describe()["circuit_breakers"]["consul.default"]["consecutive_failures"] == 0
 
 
 # -- InfraTimeoutError ---------------------------------------------------------------------------

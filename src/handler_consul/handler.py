@@ -22,8 +22,6 @@ from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
-from pydantic import ValidationError
-
 from handler_consul._version import __version__
 from handler_consul.breaker import BreakerConfig, BreakerState, MixinAsyncCircuitBreaker
 from handler_consul.client import ConsulClient, build_client
@@ -33,9 +31,9 @@ from handler_consul.errors import (
     InfraError,
     InfraTimeoutError,
     InfraUnavailableError,
-    InfraValidationError,
 )
 from handler_consul.operations import OPERATIONS, Operation
+from handler_consul.parsing import parse_envelope
 from handler_consul.pool import BoundedThreadPool, PoolClosed
 from handler_consul.retry import RetryBudget, RetryPolicy, sleep_budget
 from handler_consul.settings import ConsulSettings, load_settings
@@ -50,8 +48,6 @@ _NOT_INITIALIZED = "HandlerConsul is not initialized: call and await initialize(
 _SHUT_DOWN = "HandlerConsul is shut down: call initialize() again to reuse it"
 _SHUTTING_DOWN = "HandlerConsul is shutting down and accepts no new envelopes"
 _UNCOUNTED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
-# Type tags pydantic puts in an error location for union members; not part of a field name.
-_LOC_TAGS = frozenset({"str", "bytes", "int", "float", "bool", "dict", "list", "none"})
 
 
 @dataclass(slots=True)
@@ -436,36 +432,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         return settings.datacenter if settings is not None else None
 
     def _parse(self, envelope: Envelope | Mapping[str, Any]) -> tuple[Operation, Any, Envelope]:
-        problem: InfraValidationError | None = None
-        try:
-            env = envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)
-        except ValidationError as exc:
-            problem = _validation_error(exc, "", None, envelope, self._target(), self._datacenter())
-        if problem is not None:
-            raise problem
-        operation = OPERATIONS.get(env.operation)
-        correlation_id = env.correlation_id
-        if operation is None:
-            raise InfraValidationError(
-                f"unknown operation {env.operation!r}; supported: {', '.join(sorted(OPERATIONS))}",
-                context=make_context(
-                    ContextFields(
-                        env.operation, correlation_id, self._target(), self._datacenter()
-                    ),
-                    InfraValidationError,
-                    attempts=0,
-                    field="operation",
-                ),
-            )
-        try:
-            payload = operation.payload_model.model_validate(env.payload)
-        except ValidationError as exc:
-            problem = _validation_error(
-                exc, "payload", operation.name, env, self._target(), self._datacenter()
-            )
-        if problem is not None:
-            raise problem
-        return operation, payload, env
+        return parse_envelope(envelope, self._target(), self._datacenter())
 
     # -- introspection -------------------------------------------------------------------
 
@@ -614,54 +581,6 @@ def _breaker_config(settings: ConsulSettings) -> BreakerConfig:
         max_reset_timeout_seconds=b.max_reset_timeout_seconds,
         # Item 7: a probe outstanding past the request timeout has failed.
         probe_timeout_seconds=settings.timeout_seconds,
-    )
-
-
-def _field_name(loc: tuple[int | str, ...], prefix: str) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _LOC_TAGS or "[" in p))]
-    return ".".join([prefix, *parts] if prefix else parts) or (prefix or "envelope")
-
-
-def _validation_error(
-    exc: ValidationError,
-    prefix: str,
-    operation: str | None,
-    envelope: Any,
-    target: str,
-    datacenter: str | None,
-) -> InfraValidationError:
-    """Name the first offending field; never echo input values (they may be secrets)."""
-    errors = exc.errors(include_input=False, include_url=False, include_context=False)
-    field = _field_name(errors[0]["loc"], prefix)
-    details = [
-        {"field": _field_name(e["loc"], prefix), "type": e["type"], "message": e["msg"]}
-        for e in errors
-    ]
-    correlation_id: UUID | None = None
-    if isinstance(envelope, Envelope):
-        correlation_id = envelope.correlation_id
-    elif isinstance(envelope, Mapping):
-        raw = envelope.get("correlation_id")
-        if isinstance(raw, UUID):
-            correlation_id = raw
-        elif isinstance(raw, str):
-            try:
-                correlation_id = UUID(raw)
-            except ValueError:
-                correlation_id = None
-    if envelope is not None and not isinstance(envelope, Envelope | Mapping):
-        field, message = "envelope", "envelope must be a mapping or an Envelope"
-    else:
-        message = f"invalid envelope: {field}: {errors[0]['msg']}"
-    return InfraValidationError(
-        message,
-        context=make_context(
-            ContextFields(operation, correlation_id, target, datacenter),
-            InfraValidationError,
-            attempts=0,
-            field=field,
-        ),
-        errors=details,
     )
 
 

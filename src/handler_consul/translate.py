@@ -29,6 +29,11 @@ from handler_consul.transport import TransportError
 __all__ = ["ContextFields", "make_context", "translate"]
 
 _STATUS = re.compile(r"^(\d{3})\s?(.*)$", re.DOTALL)
+# Consul answers some of the caller's mistakes with a 500 ("raft apply failed: invalid
+# session ..."). They are rejections, not outages:
+# retrying cannot help, and counting them would let one caller's bad input open the breaker
+# for everyone.
+_CALLER_ERRORS_500 = ("invalid session", "path traversal is not allowed")
 _MAX_BODY = 200
 
 
@@ -134,7 +139,10 @@ def translate(
     elif isinstance(exc, consul.base.ConsulException):
         # ClientError (other 4xx) and plain ConsulException (5xx) carry "<code> <body>".
         status, body = _status_and_body(exc)
-        if status is not None and (status >= 500 or status == 429):
+        if status == 500 and any(phrase in body.lower() for phrase in _CALLER_ERRORS_500):
+            error_class = InfraConsulError
+            message = f"{op}: Consul rejected the request ({status}): {_short(body)}"
+        elif status is not None and (status >= 500 or status == 429):
             error_class = InfraConnectionError
             outcome_unknown = status >= 500
             message = f"{op}: Consul answered {status}: {_short(body)}"
