@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import uuid
 from collections.abc import Iterator
@@ -365,6 +366,59 @@ def small_value_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
         yield agent
     finally:
         agent.close()
+
+
+@pytest.fixture
+def two_connection_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    """An agent that answers 429 to a client IP holding more than two HTTP connections."""
+    agent = ConsulAgent(
+        consul_bin,
+        name="two-conns",
+        base_dir=tmp_path,
+        extra_config={"limits": {"http_max_conns_per_client": 2}},
+    )
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.close()
+
+
+async def test_429_from_consul_is_a_retryable_connection_error(make_handler, two_connection_agent):
+    handler = await make_handler(
+        two_connection_agent, retry={**FAST_RETRY, "max_attempts": 3}, breaker={"enabled": False}
+    )
+    await handler.shutdown()  # its keep-alive connection would count against the limit
+    held = [
+        http.client.HTTPConnection(two_connection_agent.host, two_connection_agent.port, timeout=5)
+        for _ in range(2)
+    ]
+    try:
+        for conn in held:  # two open connections: the handler's next one is over the limit
+            conn.request("GET", "/v1/status/leader")
+            assert conn.getresponse().read()
+        handler = HandlerConsul(
+            ConsulSettings(
+                host=two_connection_agent.host,
+                port=two_connection_agent.port,
+                retry={**FAST_RETRY, "max_attempts": 3},
+            )
+        )
+        with pytest.raises(InfraConnectionError) as caught:
+            await handler.initialize()
+        error = caught.value
+        assert type(error) is InfraConnectionError
+        assert error.context.status_code == 429
+        assert error.context.retryable is True
+        assert "too many concurrent connections" in error.message
+        assert_json_ready(error)
+    finally:
+        for conn in held:
+            conn.close()
+    # Once the connections are gone the same settings work.
+    recovered = await make_handler(two_connection_agent, retry={**FAST_RETRY, "max_attempts": 3})
+    response = await recovered.execute(kv_put(f"{uniq('429')}/k"))
+    assert response.result["applied"] is True
 
 
 async def test_413_from_consul(make_handler, small_value_agent):
