@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -92,12 +92,16 @@ class LagTicker:
 # -- worker threads ---------------------------------------------------------------------------
 
 
-def worker_threads(exclude: set[int] | frozenset[int] = frozenset()) -> list[threading.Thread]:
-    """Live handler worker threads (named ``handler-consul-N``) not in ``exclude`` (idents)."""
+def worker_threads(exclude: Collection[threading.Thread] = ()) -> list[threading.Thread]:
+    """Live handler worker threads (named ``handler-consul-N``) not in ``exclude``.
+
+    Threads are compared as objects, not by ident: an ident is reused once a thread exits.
+    """
+    excluded = {id(t) for t in exclude}
     return [
         t
         for t in threading.enumerate()
-        if t.name.startswith(WORKER_PREFIX) and t.is_alive() and t.ident not in exclude
+        if t.name.startswith(WORKER_PREFIX) and t.is_alive() and id(t) not in excluded
     ]
 
 
@@ -111,7 +115,7 @@ class ThreadSampler:
     def __init__(self, interval: float = 0.005, max_seconds: float = 240.0) -> None:
         self.interval = interval
         self.max_seconds = max_seconds
-        self.baseline = frozenset(t.ident for t in worker_threads() if t.ident is not None)
+        self.baseline = tuple(worker_threads())
         self.peak = 0
         self.samples = 0
         self._stop = threading.Event()

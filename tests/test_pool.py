@@ -101,7 +101,7 @@ def held(gate: threading.Event, value: object, counter: Concurrency | None = Non
 async def test_item_21_peak_threads_never_exceed_max_workers(
     pools: list[BoundedThreadPool], gates: Gates
 ) -> None:
-    before = {t.ident for t in worker_threads()}
+    before = worker_threads()
     pool = make_pool(pools, 3)
     gate = gates.new()
     counter = Concurrency()

@@ -1,0 +1,388 @@
+"""The handler under real faults (RESILIENCE.md, "Proven against real faults"; issue 5).
+
+1. a dev agent killed and restarted on the same ports under steady load;
+2. toxiproxy adding latency beyond the timeout, resetting connections, black-holing them;
+3. a three-server cluster losing its leader while kv_put envelopes keep coming (the handler
+   on a follower, and the handler on the leader itself).
+
+In each: every envelope ends within its deadline (plus EPSILON) with a result or a typed
+InfraError; no task hangs (a hard bound on waiting for all of them); live worker threads
+never exceed ``max_concurrent_operations`` (a sampler thread counts OS threads named
+``handler-consul-*``; describe()["pool"] is sampled on every loop tick); the breaker opens,
+rejects fast without touching the pool, and closes on its own once Consul is back; in (3)
+every acknowledged write reads back, ``consistency: consistent``, with the value written.
+
+Each test prints one ``FAULT-SUMMARY`` line to the terminal (past pytest's capture) and
+appends it to ``$FAULT_SUMMARY_FILE`` when that is set. Harness calls that block (kill,
+restart, toxiproxy's API) run in a thread so the loop-lag figure is the handler's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faults_support import (
+    LagTicker,
+    Load,
+    Outcome,
+    ThreadSampler,
+    TransitionRecorder,
+    emit,
+    in_thread,
+    is_breaker_rejection,
+    summarize,
+    wait_until,
+)
+from harness import ConsulAgent, ConsulCluster, Toxiproxy
+
+from handler_consul import HandlerConsul, InfraError
+
+pytestmark = [pytest.mark.slow, pytest.mark.consul]
+
+EPSILON = 0.25  # seconds past its deadline an envelope may end (a loaded 2-CPU CI box)
+HARD_BOUND = 15.0  # seconds to wait for the last envelopes before calling a task hung
+WORKERS = 4
+FAST_REJECTION = 0.05  # a breaker rejection answers within this, far below max_wait_seconds
+
+
+def handler_config(port: int, **over: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout_seconds": 1.0,
+        "max_concurrent_operations": WORKERS,
+        "max_wait_seconds": 0.5,
+        "shutdown_grace_seconds": 0.5,
+        "retry": {"max_attempts": 2, "initial_delay_seconds": 0.05, "max_delay_seconds": 0.2},
+        "breaker": {"failure_threshold": 3, "reset_timeout_seconds": 1.0},
+    }
+    config.update(over)
+    return config
+
+
+@dataclass
+class Watch:
+    """Everything sampled while a fault test runs."""
+
+    handler: HandlerConsul
+    ticker: LagTicker
+    sampler: ThreadSampler
+    transitions: TransitionRecorder
+    pool_threads_peak: int = 0
+    pool_busy_peak: int = 0
+    states: list[str] = field(default_factory=list)
+
+    def tick(self) -> None:
+        pool = self.handler.describe()["pool"]
+        if pool is not None:
+            self.pool_threads_peak = max(self.pool_threads_peak, pool["threads"])
+            self.pool_busy_peak = max(self.pool_busy_peak, pool["busy"])
+
+    def breaker_state(self) -> str:
+        return str(self.handler.circuit_breaker(None).state.value)
+
+
+@contextlib.asynccontextmanager
+async def watching(handler: HandlerConsul, config: dict[str, Any]) -> AsyncIterator[Watch]:
+    """Start the samplers, then initialize ``handler`` (so its first thread is counted too)."""
+    recorder = TransitionRecorder()
+    with ThreadSampler() as sampler, recorder.installed():
+        watch = Watch(handler, LagTicker(), sampler, recorder)
+        watch.ticker.on_tick = watch.tick
+        watch.ticker.start()
+        try:
+            await handler.initialize(config)
+            yield watch
+        finally:
+            await watch.ticker.stop()
+
+
+@contextlib.contextmanager
+def unique_prefix(name: str) -> Iterator[str]:
+    yield f"faults/{name}/{uuid.uuid4().hex[:10]}"
+
+
+def kv_mix(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    """Alternate plain puts and reads of the key just written."""
+
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        key = f"{prefix}/{i // 2}"
+        if i % 2 == 0:
+            return "consul.kv_put", {"key": key, "value": f"v{i // 2}"}
+        return "consul.kv_get", {"key": key}
+
+    return make
+
+
+def puts(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        return "consul.kv_put", {"key": f"{prefix}/{i}", "value": f"value-{i}"}
+
+    return make
+
+
+def fast_rejections(load: Load) -> list[Outcome]:
+    """Breaker rejections of a first attempt: nothing but the breaker was consulted."""
+    return [
+        o
+        for o in load.outcomes
+        if o.error is not None
+        and is_breaker_rejection(o.error)
+        and isinstance(o.error, InfraError)
+        and o.error.context.attempts == 0
+    ]
+
+
+async def check_common(load: Load, watch: Watch, *, recovered_tail: int) -> None:
+    """What every fault test must show, once the load has finished."""
+    pending = await load.finish(HARD_BOUND)
+    assert not pending, f"{len(pending)} envelopes still running after {HARD_BOUND}s"
+    assert load.outcomes, "no envelope was sent"
+    assert not load.untyped(), [(o.index, repr(o.error)) for o in load.untyped()][:5]
+    overruns = load.overruns(EPSILON)
+    assert not overruns, [(o.index, o.operation, round(o.elapsed, 3), o.kind) for o in overruns]
+    # Threads: OS threads and the pool's own count, never past the bound.
+    assert 1 <= watch.sampler.peak <= WORKERS
+    assert watch.pool_threads_peak <= WORKERS
+    assert watch.pool_busy_peak <= WORKERS
+    # The breaker opened, rejected fast, and closed again on its own.
+    assert "open" in watch.transitions.path, watch.transitions.path
+    assert watch.transitions.path[-1] == "closed", watch.transitions.path
+    assert watch.breaker_state() == "closed"
+    rejected = fast_rejections(load)
+    assert rejected, load.counts()
+    assert max(o.elapsed for o in rejected) < FAST_REJECTION, max(o.elapsed for o in rejected)
+    # Once Consul was back, envelopes succeeded again.
+    tail = load.outcomes[-recovered_tail:]
+    assert all(o.kind == "ok" for o in tail), [o.kind for o in tail]
+
+
+# -- 1. agent killed and restarted under load ---------------------------------------------------
+
+
+async def test_fault_agent_killed_and_restarted_under_steady_load(
+    fresh_consul_agent: ConsulAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = fresh_consul_agent
+    handler = HandlerConsul()
+    try:
+        with unique_prefix("restart") as prefix:
+            async with watching(handler, handler_config(agent.http_port)) as watch:
+                load = Load(handler, kv_mix(prefix), rate=40, deadline=1.5).start()
+                await load.run_for(1.5)
+                await in_thread(agent.kill)
+                await load.run_for(3.0)
+                assert watch.breaker_state() == "open"
+                await in_thread(agent.restart)  # same ports; waits until it has a leader
+                assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
+                await load.run_for(2.0)
+                await check_common(load, watch, recovered_tail=20)
+        emit(
+            summarize(
+                "agent-killed-and-restarted",
+                load,
+                ticker=watch.ticker,
+                sampler=watch.sampler,
+                thread_bound=WORKERS,
+                transitions=watch.transitions,
+            ),
+            capsys,
+        )
+    finally:
+        await handler.shutdown()
+
+
+# -- 2. latency beyond the timeout, resets, a black hole ------------------------------------------
+
+
+FAULTS: dict[str, Callable[[Toxiproxy], str]] = {
+    "latency-beyond-timeout": lambda proxy: proxy.latency(2500),
+    "connection-reset": lambda proxy: proxy.reset_peer(0),
+    "black-hole": lambda proxy: proxy.timeout(0),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_fault_toxiproxy(
+    fault: str,
+    toxiproxy_for: Callable[[Any], Toxiproxy],
+    consul_agent: ConsulAgent,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    proxy = toxiproxy_for(consul_agent)
+    handler = HandlerConsul()
+    try:
+        with unique_prefix(fault) as prefix:
+            async with watching(handler, handler_config(proxy.port)) as watch:
+                load = Load(handler, kv_mix(prefix), rate=40, deadline=1.5).start()
+                await load.run_for(1.0)
+                await in_thread(FAULTS[fault], proxy)
+                assert await wait_until(lambda: watch.breaker_state() == "open", timeout=5)
+                await load.run_for(1.5)
+                if fault == "black-hole":
+                    # Hung calls fill the pool; a rejection still answers at once.
+                    assert watch.pool_busy_peak == WORKERS
+                await in_thread(proxy.clear)
+                assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
+                await load.run_for(1.5)
+                await check_common(load, watch, recovered_tail=20)
+        emit(
+            summarize(
+                fault,
+                load,
+                ticker=watch.ticker,
+                sampler=watch.sampler,
+                thread_bound=WORKERS,
+                transitions=watch.transitions,
+            ),
+            capsys,
+        )
+    finally:
+        await handler.shutdown()
+
+
+# -- 3. the cluster loses its leader ------------------------------------------------------------
+
+
+async def read_back(
+    handler: HandlerConsul, load: Load, *, bound: float = 30.0
+) -> tuple[int, list[str]]:
+    """Every acknowledged write (applied: true), read with consistency "consistent".
+
+    Returns (acknowledged, keys whose value is missing or different).
+    """
+    acked = [o for o in load.outcomes if o.result is not None and o.result["applied"] is True]
+
+    async def check(o: Outcome) -> str | None:
+        response = await handler.execute(
+            {
+                "operation": "consul.kv_get",
+                "payload": {"key": o.payload["key"], "consistency": "consistent"},
+                "timeout_seconds": 10.0,
+            }
+        )
+        ok = response.result["found"] and response.result["value"] == o.payload["value"]
+        return None if ok else o.payload["key"]
+
+    results = await asyncio.wait_for(asyncio.gather(*(check(o) for o in acked)), bound)
+    return len(acked), [k for k in results if k is not None]
+
+
+def cluster_config(port: int) -> dict[str, Any]:
+    # Writes may wait out an election (about 2.5 s on loopback): a longer deadline and
+    # more attempts than the single-agent tests.
+    return handler_config(
+        port,
+        timeout_seconds=1.5,
+        max_wait_seconds=1.0,
+        retry={"max_attempts": 4, "initial_delay_seconds": 0.1, "max_delay_seconds": 0.5},
+        breaker={"failure_threshold": 3, "reset_timeout_seconds": 1.0},
+    )
+
+
+async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
+    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    follower = (await in_thread(consul_cluster.followers))[0]
+    handler = HandlerConsul()
+    try:
+        with unique_prefix("leader-via-follower") as prefix:
+            async with watching(handler, cluster_config(follower.http_port)) as watch:
+                load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
+                await load.run_for(1.5)
+                killed = await in_thread(consul_cluster.kill_leader)
+                assert killed is not follower
+                await load.run_for(4.0)
+                await in_thread(lambda: consul_cluster.wait_for_leader(exclude=killed))
+                await load.run_for(2.0)
+                pending = await load.finish(HARD_BOUND)
+                assert not pending
+                assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
+                acked, lost = await read_back(handler, load)
+            await check_cluster(load, watch, acked=acked, lost=lost, must_open=False)
+        emit(
+            summarize(
+                "cluster-leader-killed (handler on a follower)",
+                load,
+                ticker=watch.ticker,
+                sampler=watch.sampler,
+                thread_bound=WORKERS,
+                transitions=watch.transitions,
+                acked_writes=acked,
+                acked_lost=len(lost),
+            ),
+            capsys,
+        )
+    finally:
+        await handler.shutdown()
+
+
+async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
+    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leader = await in_thread(consul_cluster.leader)
+    handler = HandlerConsul()
+    try:
+        with unique_prefix("leader-under-handler") as prefix:
+            async with watching(handler, cluster_config(leader.http_port)) as watch:
+                load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
+                await load.run_for(1.5)
+                await in_thread(leader.kill)
+                await load.run_for(2.5)
+                assert watch.breaker_state() == "open"
+                await in_thread(consul_cluster.restart, leader)  # same ports and data dir
+                assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=15)
+                await load.run_for(2.0)
+                pending = await load.finish(HARD_BOUND)
+                assert not pending
+                acked, lost = await read_back(handler, load)
+            await check_cluster(load, watch, acked=acked, lost=lost, must_open=True)
+        emit(
+            summarize(
+                "cluster-leader-killed (handler on the leader)",
+                load,
+                ticker=watch.ticker,
+                sampler=watch.sampler,
+                thread_bound=WORKERS,
+                transitions=watch.transitions,
+                acked_writes=acked,
+                acked_lost=len(lost),
+            ),
+            capsys,
+        )
+    finally:
+        await handler.shutdown()
+
+
+async def check_cluster(
+    load: Load, watch: Watch, *, acked: int, lost: list[str], must_open: bool
+) -> None:
+    assert not load.untyped()
+    overruns = load.overruns(EPSILON)
+    assert not overruns, [(o.index, round(o.elapsed, 3), o.kind) for o in overruns]
+    assert 1 <= watch.sampler.peak <= WORKERS
+    assert watch.pool_threads_peak <= WORKERS
+    assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:5]}"
+    assert acked >= len(load.outcomes) // 2, (acked, load.counts())
+    assert watch.breaker_state() == "closed"
+    path = watch.transitions.path
+    if must_open or path:
+        # Whatever opened it, it closed again on its own.
+        assert "open" in path, path
+        assert path[-1] == "closed", path
+    if must_open:
+        rejected = fast_rejections(load)
+        assert rejected, load.counts()
+        assert max(o.elapsed for o in rejected) < FAST_REJECTION
+    tail = load.outcomes[-10:]
+    assert all(o.kind == "ok" for o in tail), [o.kind for o in tail]
+    # Not an assertion on timing, a sanity check that the figures are real measurements.
+    assert watch.ticker.ticks > 100
+    assert statistics.fmean(o.elapsed for o in load.outcomes) > 0
