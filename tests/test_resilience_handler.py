@@ -475,18 +475,39 @@ async def test_item_15_lock_write_answered_5xx_is_never_resent(
     consul_agent: ConsulAgent, counting_proxy_for: CountFor, make_handler: MakeHandler
 ) -> None:
     counter = counting_proxy_for(consul_agent)
-    handler = await make_handler(counter)
+    # A datacenter Consul does not know: 500 "No path to datacenter", a genuine 5xx whose
+    # outcome the handler cannot know, so a lock write is not re-sent (a plain put is: item 14).
+    handler = await make_handler(counter, datacenter="nowhere")
     counter.reset()
     k = key()
-    session = str(uuid.uuid4())  # no such session: Consul answers 500 "invalid session"
+    session = str(uuid.uuid4())
     with pytest.raises(InfraConnectionError) as info:
         await handler.execute(put(k, "lock", acquire=session))
     assert info.value.context.status_code == 500
-    assert "invalid session" in str(info.value)
+    assert "No path to datacenter" in str(info.value)
     assert info.value.context.attempts == 1
     assert requests_to(counter, "PUT", f"/v1/kv/{k}") == [
-        f"PUT /v1/kv/{k}?acquire={session} HTTP/1.1"
+        f"PUT /v1/kv/{k}?acquire={session}&dc=nowhere HTTP/1.1"
     ]
+
+
+async def test_item_14_invalid_session_500_is_the_callers_mistake_asked_once_not_counted(
+    consul_agent: ConsulAgent, counting_proxy_for: CountFor, make_handler: MakeHandler
+) -> None:
+    """Consul answers 500 "invalid session" for a lock on a session that does not exist:
+    not an outage, so neither retried nor counted (one bad caller must not open the breaker)."""
+    counter = counting_proxy_for(consul_agent)
+    handler = await make_handler(counter, breaker={"failure_threshold": 1})
+    counter.reset()
+    k = key()
+    with pytest.raises(InfraConsulError) as info:
+        await handler.execute(put(k, "lock", acquire=str(uuid.uuid4())))
+    assert info.value.context.status_code == 500
+    assert "invalid session" in str(info.value)
+    assert info.value.context.attempts == 1
+    assert len(requests_to(counter, "PUT", f"/v1/kv/{k}")) == 1
+    state = breaker(handler)
+    assert (state["state"], state["total_failures"]) == ("closed", 0)
 
 
 async def test_item_15_cas_write_that_never_left_is_retried(
