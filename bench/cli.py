@@ -220,7 +220,19 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
             "inflight": 1,
         }
     )
+    cells.append(
+        {
+            "id": "idle",
+            "kind": "idle",
+            "op": "-",
+            "contender": "idle",
+            "label": "no contender: the 5 ms ticker alone (the machine's noise floor)",
+            "pool": None,
+            "inflight": 0,
+        }
+    )
     per_round_rejections = max(1, args.rejections // args.rounds)
+    idle_seconds = 0.5 if args.quick or args.ops < 1000 else 2.0
 
     # Warm-up: connections, threads, pydantic's first-call paths; not recorded.
     warm = min(args.ops, 300)
@@ -249,6 +261,16 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                     seconds=args.wrk_seconds,
                     value=C.VALUE,
                 )
+            elif cell["kind"] == "idle":
+                ticker = C.LagTicker()
+                ticker.start()
+                await asyncio.sleep(idle_seconds)
+                lags = await ticker.stop()
+                summary = {
+                    "lag_p50_ms": C.percentile(lags, 50) * 1e3,
+                    "lag_p99_ms": C.percentile(lags, 99) * 1e3,
+                    "lag_samples": len(lags),
+                }
             elif cell["kind"] == "rejection":
                 lat = await C.rejection_latencies(reject_handler, per_round_rejections)
                 rejection_all.extend(lat)
@@ -383,6 +405,7 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
         },
         "cells": out_cells,
         "rejection": rejection,
+        "idle_lag": out_cells["idle"]["median"],
         "derived": derived,
         "profile": profile,
     }
@@ -427,7 +450,7 @@ async def rss_stage(args: argparse.Namespace, agent: Any, log: Any) -> dict[str,
     )
     try:
         result = await C.rss_run(
-            contender.get, args.rss_total, args.rss_checkpoint, args.rss_inflight
+            contender.get, args.rss_total, args.rss_checkpoint, args.rss_inflight, log=log
         )
     finally:
         await contender.close()

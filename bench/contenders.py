@@ -263,7 +263,12 @@ def rss_bytes() -> int:
 
 
 async def rss_run(
-    call: Call, total: int, checkpoint: int, inflight: int, samples: int = 20
+    call: Call,
+    total: int,
+    checkpoint: int,
+    inflight: int,
+    samples: int = 20,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """``total`` envelopes with ``inflight`` outstanding; RSS (after gc) at ``checkpoint``,
     at ``total`` and at ``samples`` evenly spaced points."""
@@ -283,6 +288,9 @@ async def rss_run(
         done = segment_start = mark
         gc.collect()
         curve.append((done, rss_bytes()))
+        if log is not None:
+            rate = done / (time.perf_counter() - start)
+            log(f"  {done:,} envelopes, RSS {curve[-1][1] / 2**20:.1f} MB, {rate:.0f}/s")
     seconds = time.perf_counter() - start
     at = dict(curve)
     return {

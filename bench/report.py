@@ -324,7 +324,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         ]
         cells = comp.get("cells") or {}
         for _, c in sorted(
-            ((k, v) for k, v in cells.items() if v["kind"] != "rejection"), key=_cell_sort_key
+            ((k, v) for k, v in cells.items() if v["kind"] not in ("rejection", "idle")),
+            key=_cell_sort_key,
         ):
             m = c["median"]
             spread = (c.get("spread") or {}).get("rel")
