@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inflight", default="1,16,64,256", help="handler in-flight levels")
     p.add_argument(
         "--baseline-inflight",
-        default="1,16,64",
+        default="1,16,64,256",
         help="in-flight levels for python-consul2 and the bare transport",
     )
     p.add_argument("--pools", default="10,64", help="handler pool sizes")
@@ -240,7 +240,9 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
         if cell["kind"] == "python":
             fn = cell["obj"].get if cell["op"] == "kv_get" else cell["obj"].put
             await C.drive(fn, warm, cell["inflight"], ticker=False)
-    await C.rejection_latencies(reject_handler, min(per_round_rejections, 1000))
+    warm_rej, _ = await C.rejection_latencies(reject_handler, min(per_round_rejections, 2000))
+    control_loops = await C.calibrate_control(C.percentile(warm_rej, 50))
+    control_all: list[float] = []
 
     rounds: dict[str, list[dict[str, Any]]] = {c["id"]: [] for c in cells}
     rejection_all: list[float] = []
@@ -272,13 +274,18 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                     "lag_samples": len(lags),
                 }
             elif cell["kind"] == "rejection":
-                lat = await C.rejection_latencies(reject_handler, per_round_rejections)
+                lat, ctl = await C.rejection_latencies(
+                    reject_handler, per_round_rejections, control_loops
+                )
                 rejection_all.extend(lat)
+                control_all.extend(ctl)
                 summary = {
                     "samples": len(lat),
                     "p50_us": C.percentile(lat, 50),
                     "p99_us": C.percentile(lat, 99),
                     "mean_us": statistics.fmean(lat),
+                    "control_p50_us": C.percentile(ctl, 50),
+                    "control_p99_us": C.percentile(ctl, 99),
                 }
             else:
                 fn = cell["obj"].get if cell["op"] == "kv_get" else cell["obj"].put
@@ -332,6 +339,13 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
             "p50_us": C.percentile(rejection_all, 50),
             "p99_us": C.percentile(rejection_all, 99),
             "p999_us": C.percentile(rejection_all, 99.9),
+        },
+        "control": {
+            "loops": control_loops,
+            "what": "constant pure-Python work calibrated to the rejection's median, "
+            "timed alternately with it",
+            "p50_us": C.percentile(control_all, 50),
+            "p99_us": C.percentile(control_all, 99),
         },
     }
 

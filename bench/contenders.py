@@ -225,11 +225,19 @@ async def make_handler(host: str, port: int, pool: int) -> tuple[Contender, Hand
 # -- the open-breaker rejection --------------------------------------------------------
 
 
-async def rejection_latencies(handler: HandlerConsul, samples: int) -> list[float]:
-    """Time ``execute()`` raising InfraUnavailableError while the breaker is forced open."""
+async def rejection_latencies(
+    handler: HandlerConsul, samples: int, control_loops: int = 0
+) -> tuple[list[float], list[float]]:
+    """Time ``execute()`` raising InfraUnavailableError while the breaker is forced open.
+
+    Alternating with each rejection, a control sample times ``control_loops`` iterations of
+    constant pure-Python work (calibrated to the rejection's median): its tail is this
+    machine's timing noise for an operation of that length, not the handler's.
+    """
     handler.force_open_circuit()
     clock = time.perf_counter_ns
     out: list[float] = []
+    control: list[float] = []
     try:
         for _ in range(samples):
             envelope = {"operation": "consul.kv_get", "payload": {"key": GET_KEY}}
@@ -241,9 +249,35 @@ async def rejection_latencies(handler: HandlerConsul, samples: int) -> list[floa
             else:
                 raise RuntimeError("execute() succeeded with the breaker forced open")
             out.append((clock() - start) / 1e3)  # µs
+            if control_loops:
+                start = clock()
+                await _constant_work(control_loops)
+                control.append((clock() - start) / 1e3)
     finally:
         handler.reset_circuit()
-    return out
+    return out, control
+
+
+async def _constant_work(loops: int) -> int:
+    total = 0
+    for i in range(loops):
+        total += i
+    return total
+
+
+async def calibrate_control(target_us: float) -> int:
+    """Loop count whose median duration is about ``target_us``."""
+    clock = time.perf_counter_ns
+    loops = 64
+    for _ in range(3):
+        times = []
+        for _ in range(400):
+            start = clock()
+            await _constant_work(loops)
+            times.append((clock() - start) / 1e3)
+        per = percentile(times, 50)
+        loops = max(1, round(loops * target_us / per)) if per > 0 else loops
+    return loops
 
 
 # -- RSS -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.consul
 REPO = Path(__file__).resolve().parent.parent
 OPS = ("kv_get", "kv_put")
 HANDLER_INFLIGHT = (1, 16, 64, 256)
-BASELINE_INFLIGHT = (1, 16, 64)
+BASELINE_INFLIGHT = (1, 16, 64, 256)
 POOLS = (10, 64)
 
 
@@ -80,9 +80,11 @@ def test_ratios_overhead_and_rejection(bench_run: dict[str, Any]) -> None:
                 assert _finite(derived[f"{op}.c{n}.{key}"]), (op, n, key)  # may be negative
     rejection = comparison["rejection"]
     assert rejection["samples"] == 300
-    for key in ("p50_us", "p99_us"):
+    for key in ("p50_us", "p99_us", "control_p50_us", "control_p99_us"):
         assert _positive(rejection["median_of_rounds"][key])
+    for key in ("p50_us", "p99_us"):
         assert _positive(rejection["pooled"][key])
+        assert _positive(rejection["control"][key])
     assert comparison["config"]["wrk"] is False
     assert "--no-wrk" in comparison["config"]["wrk_note"]
 
