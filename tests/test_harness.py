@@ -286,6 +286,26 @@ def test_counting_proxy_counts_and_records_requests(counting_proxy: CountingProx
 
 
 @pytest.mark.consul
+def test_counting_proxy_frames_requests_after_a_body_without_newline(
+    counting_proxy: CountingProxy,
+) -> None:
+    # A body is skipped by its Content-Length, so the next request line on the same
+    # keep-alive connection is counted even though "v" ends in no newline.
+    key = _key()
+    conn = http.client.HTTPConnection("127.0.0.1", counting_proxy.listen_port, timeout=5)
+    try:
+        for method, body in (("PUT", b"v"), ("PUT", b"GET /fake HTTP/1.1\r\n"), ("GET", None)):
+            conn.request(method, f"/v1/kv/{key}", body=body)
+            assert conn.getresponse().read()
+    finally:
+        conn.close()
+    assert counting_proxy.request_lines == [
+        f"PUT /v1/kv/{key} HTTP/1.1",
+        f"PUT /v1/kv/{key} HTTP/1.1",
+        f"GET /v1/kv/{key} HTTP/1.1",
+    ]
+
+
 def test_counting_proxy_sees_nothing_when_nothing_is_sent(
     counting_proxy: CountingProxy,
 ) -> None:

@@ -472,8 +472,6 @@ async def test_consistency_modes_reach_consul(
 ):
     handler = await make_handler(counting_proxy)
     key = f"{uniq('cons')}/k"
-    # Written directly: a body without a newline would hide the next request line from the
-    # counting proxy on a kept-alive connection.
     assert consul_agent.request("PUT", f"/v1/kv/{key}", b"v").status == 200
     counting_proxy.reset()
     got = await get(handler, key, consistency=consistency)

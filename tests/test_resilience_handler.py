@@ -78,10 +78,7 @@ def key(prefix: str = "resilience") -> str:
 
 
 def put(k: str, value: str = "v", **extra: Any) -> dict[str, Any]:
-    # Values end in a newline: the counting proxy finds request lines by splitting the
-    # stream on newlines, and a body without one hides the next request line
-    # (/tmp/bugs/harness-counting-proxy-body.md).
-    return {"operation": "consul.kv_put", "payload": {"key": k, "value": value + "\n", **extra}}
+    return {"operation": "consul.kv_put", "payload": {"key": k, "value": value, **extra}}
 
 
 def get(k: str, **extra: Any) -> dict[str, Any]:
@@ -450,7 +447,7 @@ async def test_item_15_timed_out_cas_write_is_never_resent(
     assert requests_to(counter, "PUT", f"/v1/kv/{k}") == [f"PUT /v1/kv/{k}?cas=0 HTTP/1.1"]
     # The request did reach Consul: its outcome was unknown, not "failed".
     stored = await in_thread(consul_agent.request, "GET", f"/v1/kv/{k}?raw")
-    assert (stored.status, stored.body) == (200, b"once\n")
+    assert (stored.status, stored.body) == (200, b"once")
     assert len(requests_to(counter, "PUT", f"/v1/kv/{k}")) == 1
 
 
@@ -881,7 +878,7 @@ async def test_item_23_result_that_arrived_is_delivered_even_after_the_deadline_
     assert (response.status, response.result["applied"], response.attempts) == ("success", True, 1)
     assert response.duration_ms >= 300
     stored = await in_thread(consul_agent.request, "GET", f"/v1/kv/{k}?raw")
-    assert stored.body == b"kept\n"
+    assert stored.body == b"kept"
 
 
 # -- item 24: connections sized to the pool ----------------------------------------------------
@@ -942,7 +939,7 @@ async def test_item_25_loop_ticks_with_256_envelopes_in_flight(
             writes = await asyncio.gather(*(handler.execute(put(k, k)) for k in keys))
             reads = await asyncio.gather(*(handler.execute(get(k)) for k in keys))
             assert all(w.result["applied"] for w in writes)
-            assert [r.result["value"] for r in reads] == [k + "\n" for k in keys]
+            assert [r.result["value"] for r in reads] == list(keys)
     assert ticker.ticks >= 20, ticker.describe()
     assert ticker.p99_ms < LAG_P99_MS, ticker.describe()
     assert ticker.max_ms < LAG_MAX_MS, ticker.describe()
@@ -1004,10 +1001,8 @@ async def test_item_26_no_operation_is_a_blocking_query(
         get(k),
         get(k.rsplit("/", 1)[0] + "/", recurse=True),
         get(k.rsplit("/", 1)[0] + "/", keys_only=True),
-        {"operation": "consul.deregister", "payload": {"service_id": name}},
-        # Last: its JSON body ends without a newline, which would hide the next request
-        # line from the counting proxy (/tmp/bugs/harness-counting-proxy-body.md).
         {"operation": "consul.register", "payload": {"name": name}},
+        {"operation": "consul.deregister", "payload": {"service_id": name}},
     ]
     assert {e["operation"] for e in envelopes} == set(OPERATIONS)
     counter.reset()

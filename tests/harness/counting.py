@@ -23,6 +23,16 @@ REQUEST_LINE = re.compile(rb"^(GET|PUT|DELETE|POST|HEAD|PATCH|OPTIONS) (\S+) HTT
 _MAX_LINE = 64 * 1024
 
 
+class _RequestStream:
+    """Parser state of one client connection."""
+
+    __slots__ = ("body_left", "buf")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.body_left = 0
+
+
 class CountingProxy:
     """127.0.0.1:``listen_port`` -> ``upstream`` (an agent or "host:port"), counting."""
 
@@ -166,20 +176,32 @@ class CountingProxy:
             self._conn_threads.append(t)
             t.start()
 
-    def _record(self, buf: bytearray, data: bytes) -> None:
+    def _record(self, stream: _RequestStream, data: bytes) -> None:
+        """Frame the client's bytes as HTTP/1.1 requests: header block, then Content-Length
+        bytes of body, then the next request line (a body need not end in a newline)."""
+        buf = stream.buf
         buf += data
-        while True:
-            idx = buf.find(b"\n")
-            if idx < 0:
-                break
-            line = bytes(buf[:idx]).rstrip(b"\r")
-            del buf[: idx + 1]
-            m = REQUEST_LINE.match(line)
-            if m:
+        while buf:
+            if stream.body_left:
+                taken = min(stream.body_left, len(buf))
+                del buf[:taken]
+                stream.body_left -= taken
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_LINE:  # not HTTP we understand: keep only a tail
+                    del buf[:-256]
+                return
+            head = bytes(buf[:end]).split(b"\r\n")
+            del buf[: end + 4]
+            line = head[0]
+            if REQUEST_LINE.match(line):
                 with self._lock:
                     self._request_lines.append(line.decode("latin-1"))
-        if len(buf) > _MAX_LINE:  # a body without newlines: keep only a tail
-            del buf[:-256]
+            for header in head[1:]:
+                name, _, value = header.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    stream.body_left = int(value.strip() or 0)
 
     def _serve(self, client: socket.socket) -> None:
         with contextlib.ExitStack() as stack:
@@ -193,7 +215,7 @@ class CountingProxy:
             upstream.settimeout(10)
             peer = {client: upstream, upstream: client}
             reading = {client, upstream}
-            buf = bytearray()
+            stream = _RequestStream()
             while reading and not self._stop.is_set():
                 try:
                     ready, _, _ = select.select(list(reading), [], [], 0.1)
@@ -205,7 +227,7 @@ class CountingProxy:
                                 peer[sock].shutdown(socket.SHUT_WR)
                             continue
                         if sock is client:
-                            self._record(buf, data)
+                            self._record(stream, data)
                             with self._lock:
                                 self._bytes_up += len(data)
                         else:
