@@ -248,10 +248,19 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
     rejection_all: list[float] = []
     load_before = loadavg()
     started = time.perf_counter()
-    step = max(1, len(cells) // args.rounds)
+    # Cells that are compared (same op, same in-flight count) run back to back, so a paired
+    # ratio compares measurements seconds apart; the groups rotate from round to round and
+    # the order inside a group alternates, so no contender always runs first.
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    rank = {"wrk": 0, "python": 1, "rejection": 2, "idle": 3}
+    for cell in cells:
+        groups.setdefault((cell["op"], cell["kind"], cell["inflight"]), []).append(cell)
+    group_list = [groups[k] for k in sorted(groups, key=lambda k: (k[0], rank.get(k[1], 9), k[2]))]
+    step = max(1, len(group_list) // args.rounds)
     for r in range(args.rounds):
-        shift = (r * step) % len(cells)
-        order = cells[shift:] + cells[:shift]
+        shift = (r * step) % len(group_list)
+        rotated = group_list[shift:] + group_list[:shift]
+        order = [c for g in rotated for c in (g if r % 2 == 0 else reversed(g))]
         t_round = time.perf_counter()
         for cell in order:
             if cell["kind"] == "wrk":

@@ -300,14 +300,20 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         ),
     ]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    idle = comp.get("idle_lag") or {}
+    rss_text = (
+        f"RSS growth across {rss.get('envelopes', 0):,} real kv_get envelopes, from envelope "
+        f"{rss.get('checkpoint', 0):,} to the last: {_fmt(rss.get('growth_mb'), 'MB')}."
+        if rss
+        else "RSS stage not run yet (`scripts/bench --rss`)."
+    )
     L += [
         "",
         f"Open-breaker rejection: p50 {_us(head.get('rejection_p50_us'))} µs, "
         f"p99 {_us(head.get('rejection_p99_us'))} µs (a constant-work timing control of the "
-        f"same median: p99 {_us(head.get('rejection_control_p99_us'))} µs). "
-        f"RSS growth across {rss.get('envelopes', 0):,} real kv_get envelopes "
-        f"(from envelope {rss.get('checkpoint', 0):,}): "
-        f"{_fmt(rss.get('growth_mb'), 'MB')}.",
+        f"same median: p99 {_us(head.get('rejection_control_p99_us'))} µs). {rss_text} "
+        "Event-loop lag with no contender running (this machine's noise floor): "
+        f"p50 {_ms(idle.get('lag_p50_ms'))} ms, p99 {_ms(idle.get('lag_p99_ms'))} ms.",
         "",
     ]
 
