@@ -26,6 +26,8 @@ from urllib.parse import quote, urlencode
 
 from consul.base import HTTPClient, Response
 
+from handler_consul._http import ConsulHTTPResponse
+
 __all__ = ["ConsulTransport", "TransportError"]
 
 T = TypeVar("T")
@@ -147,11 +149,16 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
     # -- connections ---------------------------------------------------------------------
 
     def _new_connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
         if self._ssl_context is not None:
-            return http.client.HTTPSConnection(
+            conn = http.client.HTTPSConnection(
                 self.host, self.port, timeout=timeout, context=self._ssl_context
             )
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        # Headers parsed without the email package: see _http.py.
+        conn.response_class = ConsulHTTPResponse
+        return conn
 
     def _checkout(
         self, timeout: float, *, fresh: bool = False

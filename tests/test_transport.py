@@ -1,0 +1,116 @@
+"""The HTTP transport under python-consul2: framing, pooling, stale connections, header limits."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import uuid
+
+import pytest
+from harness import ConsulAgent, CountingProxy
+
+from handler_consul import ConsulSettings
+from handler_consul._http import Headers, parse_headers
+from handler_consul.client import build_client
+from handler_consul.transport import TransportError
+
+pytestmark = pytest.mark.consul
+
+
+def _client(target: ConsulAgent | CountingProxy, **settings: object):  # type: ignore[no-untyped-def]
+    return build_client(ConsulSettings(host=target.host, port=target.port, **settings))
+
+
+def test_large_chunked_listing_is_read_whole(consul_agent: ConsulAgent) -> None:
+    prefix = f"transport/{uuid.uuid4().hex}/"
+    client = _client(consul_agent)
+    try:
+        value = "x" * 4096
+        for i in range(40):
+            assert client.kv.put(f"{prefix}{i:03d}", value) is True
+        raw = client.http._request("GET", f"/v1/kv/{prefix}", [("recurse", "1")], None)
+        # ~220 KB of JSON: Go's server streams it chunked, so that path is exercised.
+        assert raw.headers.get("Transfer-Encoding") == "chunked"
+        assert raw.code == 200
+        index, items = client.kv.get(prefix, recurse=True)
+        assert int(index) >= 1
+        assert [item["Key"] for item in items] == [f"{prefix}{i:03d}" for i in range(40)]
+        assert all(item["Value"] == value.encode() for item in items)
+    finally:
+        client.http.close()
+
+
+def test_consul_headers_are_case_insensitive(consul_agent: ConsulAgent) -> None:
+    client = _client(consul_agent)
+    try:
+        raw = client.http._request("GET", "/v1/kv/transport-none", None, None)
+        assert raw.code == 404
+        index = raw.headers["X-Consul-Index"]
+        assert index is not None
+        assert int(index) > 0
+        assert raw.headers.get("x-consul-index") == index
+        assert "X-CONSUL-INDEX" in raw.headers
+        assert raw.headers["X-Not-There"] is None
+    finally:
+        client.http.close()
+
+
+def test_one_kept_alive_connection_serves_sequential_requests(
+    counting_proxy: CountingProxy,
+) -> None:
+    client = _client(counting_proxy)
+    try:
+        key = f"transport/{uuid.uuid4().hex}"
+        for i in range(50):
+            assert client.kv.put(key, f"v{i}") is True
+            assert client.kv.get(key)[1]["Value"] == f"v{i}".encode()
+        assert counting_proxy.requests == 100
+        assert counting_proxy.connections == 1
+    finally:
+        client.http.close()
+
+
+def test_a_stale_kept_alive_connection_is_replaced(fresh_consul_agent: ConsulAgent) -> None:
+    """The agent restarts: the pooled connection is dead; the next request goes out on a
+    fresh one instead of failing."""
+    client = _client(fresh_consul_agent)
+    try:
+        assert client.status.leader()
+        fresh_consul_agent.restart()
+        assert client.kv.put("transport/after-restart", "v") is True
+    finally:
+        client.http.close()
+
+
+def test_a_closed_transport_refuses_without_sending(counting_proxy: CountingProxy) -> None:
+    client = _client(counting_proxy)
+    client.http.close()
+    with pytest.raises(TransportError) as caught:
+        client.status.leader()
+    assert caught.value.request_sent is False
+    assert counting_proxy.requests == 0
+
+
+def test_parse_headers_joins_repeats_and_stops_at_the_blank_line() -> None:
+    block = b"Content-Type: a\r\nX-Twice: 1\r\nx-twice: 2\r\nno colon here\r\n\r\nbody"
+    fp = io.BytesIO(block)
+    headers = parse_headers(fp)
+    assert dict(headers) == {"content-type": "a", "x-twice": "1, 2"}
+    assert headers.get_all("X-Twice") == ["1, 2"]
+    assert headers.get_all("missing", []) == []
+    assert fp.read() == b"body"
+
+
+def test_parse_headers_keeps_http_client_limits() -> None:
+    with pytest.raises(http.client.LineTooLong):
+        parse_headers(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
+    many = b"".join(b"H%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
+        parse_headers(io.BytesIO(many))
+
+
+def test_headers_mapping_matches_what_python_consul2_reads() -> None:
+    headers = Headers({"x-consul-index": "42"})
+    assert headers["X-Consul-Index"] == "42"
+    assert headers.get("X-Consul-Knownleader", "default") == "default"
+    assert 42 not in headers
