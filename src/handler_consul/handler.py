@@ -61,6 +61,7 @@ class _Runtime:
     budget: RetryBudget
     # Kept out of repr: traceback renderers (Sentry, --showlocals) repr every frame local.
     token: str | None = field(repr=False)
+    target: str = ""  # the breaker name, computed once rather than per envelope
 
 
 class HandlerConsul(MixinAsyncCircuitBreaker):
@@ -176,7 +177,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             clock=self._clock,
         )
         token = settings.token.get_secret_value() if settings.token is not None else None
-        return _Runtime(settings, client, pool, policy, budget, token)
+        return _Runtime(settings, client, pool, policy, budget, token, settings.breaker_name)
 
     @staticmethod
     def _dispose(runtime: _Runtime) -> None:
@@ -255,16 +256,14 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
     async def _execute(
         self, envelope: Envelope | Mapping[str, Any], started: float
     ) -> HandlerResponse:
-        operation, payload, env = self._parse(envelope)
-        correlation_id = env.correlation_id or _new_correlation_id()
         runtime = self._runtime
-        settings = runtime.settings if runtime is not None else self._base_settings
-        fields = ContextFields(
-            operation.name,
-            correlation_id,
-            self._target(),
-            settings.datacenter if settings else None,
-        )
+        if runtime is not None:
+            target, datacenter = runtime.target, runtime.settings.datacenter
+        else:
+            target, datacenter = self._target(), self._datacenter()
+        operation, payload, env = parse_envelope(envelope, target, datacenter)
+        correlation_id = env.correlation_id or _new_correlation_id()
+        fields = ContextFields(operation.name, correlation_id, target, datacenter)
         if runtime is None or self._closing:
             message = (
                 _SHUTTING_DOWN
@@ -299,14 +298,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                     "outcome": "success",
                 },
             )
-        return HandlerResponse.model_construct(
-            status="success",
-            operation=operation.name,
-            correlation_id=correlation_id,
-            envelope_id=env.envelope_id,
-            result=result,
-            attempts=attempts,
-            duration_ms=round(duration_ms, 3),
+        return HandlerResponse.trusted(
+            operation.name, correlation_id, env.envelope_id, result, attempts, round(duration_ms, 3)
         )
 
     async def _attempts(
@@ -318,7 +311,6 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         deadline: float,
     ) -> tuple[dict[str, Any], int]:
         breaker = self.circuit_breaker(runtime.settings.datacenter)
-        runtime.budget.record_call()
         policy = runtime.policy
         attempt = 0
         while True:
@@ -342,6 +334,10 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                     )
                 await self._sleep(wait, fields, attempt, runtime)
                 continue
+            if attempt == 0:
+                # Only envelopes that reach Consul earn retry budget: an outage's fast-failed
+                # traffic must not pay for the retries that follow it.
+                runtime.budget.record_call()
             attempt += 1
             call_started = self._clock()
             error: InfraError | None = None
@@ -430,9 +426,6 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
     def _datacenter(self) -> str | None:
         settings = self._runtime.settings if self._runtime else self._base_settings
         return settings.datacenter if settings is not None else None
-
-    def _parse(self, envelope: Envelope | Mapping[str, Any]) -> tuple[Operation, Any, Envelope]:
-        return parse_envelope(envelope, self._target(), self._datacenter())
 
     # -- introspection -------------------------------------------------------------------
 
@@ -535,14 +528,22 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             )
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
 def _new_correlation_id() -> UUID:
-    """A random version-4 UUID without a syscall.
+    """A random version-4 UUID without a syscall and without ``UUID.__init__``.
 
     ``uuid.uuid4()`` reads os.urandom, which releases the GIL; getting it back behind busy
     worker threads cost ~100 µs per envelope in profiles. Correlation IDs need uniqueness,
-    not secrecy, so the process-wide Mersenne Twister is enough.
+    not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
+    bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
     """
-    return uuid.UUID(int=random.getrandbits(128), version=4)
+    value = object.__new__(UUID)
+    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
+    return value
 
 
 def _call_operation(
