@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--rss", action="store_true", help="run only the RSS stage (1M envelopes)")
+    stage.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render RESULTS.md and throughput.png from the existing results.json",
+    )
     stage.add_argument("--all", action="store_true", help="comparison, then the RSS stage")
     p.add_argument(
         "--quick",
@@ -87,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.inflight = [int(x) for x in args.inflight.split(",")]
     args.baseline_inflight = [int(x) for x in args.baseline_inflight.split(",")]
     args.pools = [int(x) for x in args.pools.split(",")]
-    args.run_comparison = not args.rss
+    args.run_comparison = not (args.rss or args.render)
     args.run_rss = args.rss or args.all or quick
     return args
 
@@ -511,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     # it off stderr. Per-envelope logging (handler_consul.envelope) is left as shipped.
     logging.getLogger("handler_consul.handler").setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        results = json.loads((args.out / "results.json").read_text())
+        results["targets"] = report.targets(results)
+        results["headline"] = report.headline(results)
+        report.write_markdown(results, args.out / "RESULTS.md")
+        report.write_plot(results, args.out / "throughput.png")
+        print(report.targets_text(results["targets"]))
+        return 0
     consul_bin = agent_mod.consul_binary(args.consul_bin)
     results_path = args.out / "results.json"
     previous: dict[str, Any] = {}
