@@ -243,6 +243,31 @@ async def test_item_22_queue_is_capped_and_extra_callers_are_refused_at_once(
     assert await asyncio.gather(*queued) == [0, 1, 2, 3, 4]  # served in arrival order
 
 
+async def test_item_22_abandoned_calls_count_against_the_cap_until_a_worker_skips_them(
+    pools: list[BoundedThreadPool], gates: Gates
+) -> None:
+    """While the only worker hangs, callers that gave up leave entries in the queue: those
+    still count, so the queue cannot grow past its cap however long the hang lasts."""
+    pool = make_pool(pools, 1, max_wait=0.05, max_queued=3)
+    gate = gates.new()
+    running = asyncio.create_task(pool.run(held, gate, "running", timeout=EVENT_BOUND))
+    assert await wait_until(lambda: pool.busy == 1, timeout=5)
+    payload = bytearray(1024)
+    for _ in range(3):  # each waits its 50 ms for a slot, then gives up
+        with pytest.raises(PoolSaturated) as info:
+            await pool.run(len, payload, timeout=EVENT_BOUND)
+        assert info.value.waited_seconds > 0
+    assert pool.waiting == 0
+    with pytest.raises(PoolSaturated) as info:  # three stale entries fill the cap
+        await pool.run(len, payload, timeout=EVENT_BOUND)
+    assert info.value.waited_seconds == 0.0
+    gate.set()
+    assert await running == "running"
+    # The worker skips the stale entries (their calls never run) and the queue is usable again.
+    assert await pool.run(len, payload, timeout=EVENT_BOUND) == 1024
+    assert pool.peak_busy == 1
+
+
 async def test_item_22_cancelled_waiter_leaves_the_queue_and_the_slot_goes_on(
     pools: list[BoundedThreadPool], gates: Gates
 ) -> None:

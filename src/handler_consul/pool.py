@@ -95,10 +95,13 @@ class BoundedThreadPool:
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        # Under _lock: calls waiting in the queue, calls running, workers blocked on the queue.
+        # Under _lock: calls waiting in the queue, calls running, workers blocked on the queue,
+        # and abandoned calls still in the queue (a worker skips them). Stale entries count
+        # against max_queued, so the queue's memory is bounded even while workers hang.
         self._queued = 0
         self._running = 0
         self._idle = 0
+        self._stale = 0
         self.peak_busy = 0
         self._closed = False
         self._pending: set[_Job[Any]] = set()
@@ -169,8 +172,8 @@ class BoundedThreadPool:
         job = _Job(loop, future, fn, args, now)
         start_thread = False
         with self._lock:
-            if self._queued - self._idle >= self.max_queued:
-                waiting = self._queued - self._idle
+            if self._queued + self._stale - self._idle >= self.max_queued:
+                waiting = self._queued + self._stale - self._idle
                 refused = True
             else:
                 refused = False
@@ -209,21 +212,25 @@ class BoundedThreadPool:
                 return False
             job.state = _ABANDONED
             self._queued -= 1
+            self._stale += 1
+        _release_refs(job)
         return True
 
     # -- workers -------------------------------------------------------------------------
 
     def _worker(self) -> None:
         lock = self._lock
+        with lock:
+            self._idle += 1
         while True:
-            with lock:
-                self._idle += 1
             job = self._jobs.get()
             with lock:
                 self._idle -= 1
                 if job is _STOP:
                     return
                 if job.state != _QUEUED:
+                    self._stale -= 1
+                    self._idle += 1
                     continue  # its caller gave up while it waited
                 job.state = _RUNNING
                 self._queued -= 1
@@ -238,6 +245,9 @@ class BoundedThreadPool:
             with lock:
                 job.state = _DONE
                 self._running -= 1
+                # Idle before the result is posted: a caller that submits the next call as
+                # soon as it has this result must find this worker, not start another.
+                self._idle += 1
             self._post(job, *outcome)
 
     def _post(self, job: _Job[Any], result: Any, exc: BaseException | None) -> None:
@@ -300,7 +310,9 @@ class BoundedThreadPool:
             if state == _QUEUED:
                 job.state = _ABANDONED
                 self._queued -= 1
+                self._stale += 1
         if state == _QUEUED:
+            _release_refs(job)
             waited = now - job.queued_at
             job.future.set_exception(
                 PoolSaturated(f"no worker free within {waited:.3g}s", waited_seconds=waited)
@@ -338,3 +350,13 @@ class BoundedThreadPool:
                 job.future.set_exception(make_error())
                 failed += 1
         return failed
+
+
+def _release_refs(job: _Job[Any]) -> None:
+    """An abandoned call stays in the queue until a worker skips it: keep it small."""
+    job.fn = _noop
+    job.args = ()
+
+
+def _noop(*_: Any) -> None:
+    return None
