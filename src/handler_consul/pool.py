@@ -36,11 +36,6 @@ T = TypeVar("T")
 _STOP = object()
 # Job states; changed only under BoundedThreadPool._lock.
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
-# Longest a worker waits for a starved event loop to catch up before taking its next call.
-# Measured at pool 10 with 256 in flight, one run, interleaved: without it, 1.03x the bare
-# transport's throughput and a loop-lag p99 of 14 ms; with it, 0.92x and 5.4 ms
-# (docs/patterns/thread_pool.md).
-_STEP_ASIDE_SECONDS = 0.002
 # Deadline kinds.
 _SLOT, _RESULT = 0, 1
 
@@ -117,8 +112,6 @@ class BoundedThreadPool:
             collections.deque()
         )
         self._drain_scheduled = False
-        self._loop_caught_up = threading.Event()
-        self._loop_caught_up.set()
         # Deadlines (a queued call's wait for a slot, a call's result), swept by ONE loop
         # timer for the whole pool instead of a TimerHandle per call (which cost ~20% of the
         # loop's work per envelope in bench profiles). Plain tuples compare in C.
@@ -260,13 +253,8 @@ class BoundedThreadPool:
     def _post(self, job: _Job[Any], result: Any, exc: BaseException | None) -> None:
         self._completed.append((job, result, exc))
         if self._drain_scheduled:
-            # The loop has not yet settled the previous results: it is waiting for the GIL
-            # behind busy workers. Step aside (bounded) until it catches up, so the loop stays
-            # responsive; finishing more calls meanwhile would only pile up results.
-            self._loop_caught_up.wait(_STEP_ASIDE_SECONDS)
             return
         self._drain_scheduled = True
-        self._loop_caught_up.clear()
         # RuntimeError: the loop is closed, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(self._drain)
@@ -274,7 +262,6 @@ class BoundedThreadPool:
     def _drain(self) -> None:
         # Reset before popping: a worker that appends after this line schedules a new drain.
         self._drain_scheduled = False
-        self._loop_caught_up.set()
         completed = self._completed
         while completed:
             job, result, exc = completed.popleft()
