@@ -8,6 +8,7 @@ import importlib.resources
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import handler_consul
@@ -70,31 +71,43 @@ def test_py_typed_is_installed():
 
 
 def test_py_typed_is_in_the_build(tmp_path):
-    # setuptools' build_py is what a wheel's contents come from; run it on a clean copy so
-    # an editable install's stale state cannot hide a missing package-data entry.
+    # A real wheel, built from a clean copy without build isolation (setuptools is a test
+    # dependency), so an editable install's state cannot hide a missing package-data entry.
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src-copy"
+    source.mkdir()
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, tmp_path / name)
+        shutil.copy(root / name, source / name)
     shutil.copytree(
-        root / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+        root / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
     )
-    build = tmp_path / "build-lib"
+    wheels = tmp_path / "wheels"
     result = subprocess.run(
         [
             sys.executable,
-            "-c",
-            "import setuptools; setuptools.setup()",
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
             "-q",
-            "build_py",
-            "-d",
-            str(build),
+            "-w",
+            str(wheels),
+            str(source),
         ],
-        cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert (build / "handler_consul" / "py.typed").is_file()
-    assert (build / "handler_consul" / "__init__.py").is_file()
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = wheels.glob("handler_consul-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "handler_consul/py.typed" in names
+    assert "handler_consul/__init__.py" in names
+    assert "handler_consul/cli/__main__.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[infra_handlers]" in text
+    assert "consul = handler_consul:HandlerConsul" in text
