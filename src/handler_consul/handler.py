@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from uuid import UUID
 
 from handler_consul._version import __version__
@@ -361,7 +361,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                     permit.ignore()
             else:
                 permit.success(self._clock() - call_started)
-                return dict(result), attempt
+                # Operations build a fresh dict per call (their TypedDicts): no copy needed.
+                return cast(dict[str, Any], result), attempt
             delay = self._retry_delay(runtime, operation, payload, error, attempt, deadline)
             self._log_failure(fields, error, attempt, call_started, retrying=delay is not None)
             if delay is None:
@@ -380,7 +381,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         """The backoff before the next attempt, or None when this error ends the envelope."""
         if not error.retryable or attempt >= runtime.policy.max_attempts:
             return None
-        if getattr(error, "outcome_unknown", False) and not operation.idempotent(payload):
+        if error.outcome_unknown and not operation.idempotent(payload):
             return None
         delay = runtime.policy.backoff_seconds(attempt, self._rng)
         wait = sleep_budget(deadline - self._clock(), delay)

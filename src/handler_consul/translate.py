@@ -9,7 +9,6 @@ AccessorID, not its secret); the message is ours, with Consul's body shortened.
 from __future__ import annotations
 
 import re
-from typing import Any
 from uuid import UUID
 
 import consul.base
@@ -178,7 +177,3 @@ def _mentions(exc: BaseException, token: str) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    return None

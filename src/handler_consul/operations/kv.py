@@ -101,7 +101,12 @@ class KvPutPayload(BaseModel):
         encoding = info.data.get("encoding", "utf-8")
         if isinstance(value, bytes) and encoding != "utf-8":
             raise ValueError("encoding applies to text values only; bytes are sent as they are")
-        if len(_value_bytes(value, encoding)) > MAX_VALUE_BYTES:
+        # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
+        # here (kv_put encodes it once, for the request).
+        short_text = (
+            isinstance(value, str) and encoding == "utf-8" and len(value) * 4 <= MAX_VALUE_BYTES
+        )
+        if not short_text and len(_value_bytes(value, encoding)) > MAX_VALUE_BYTES:
             raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
         return value
 
