@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import pngplot
-
 PASS, SHORT, INFO, NOT_RUN = "PASS", "SHORT", "INFO", "NOT RUN"
 
 
@@ -463,9 +461,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 _PLOT_NAMES = {"consul2": "python-consul2", "bare": "bare transport"}
+# Bar colour per contender; HandlerConsul's cells take the default.
+_PLOT_COLORS = {"wrk": "#787878", "consul2": "#d6604d", "bare": "#74add1"}
+_PLOT_DEFAULT_COLOR = "#2c7bb6"
 
 
-def write_plot(results: dict[str, Any], path: Path) -> None:
+def write_plot(results: dict[str, Any], path: Path) -> str | None:
+    """Draw throughput.png (one panel of ops/s bars per op). Returns None when written, else
+    the one line saying why it was skipped: matplotlib is the optional `bench` extra, so a
+    missing plotting library never costs the results themselves."""
     comp = results.get("comparison") or {}
     cells = comp.get("cells") or {}
     panels = []
@@ -489,5 +493,42 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
         "handler-consul: ops/s against one local Consul dev agent "
         "(p = pool threads, x = calls in flight)"
     )
-    colors = {"wrk": (120, 120, 120), "consul2": (214, 96, 77), "bare": (116, 173, 209)}
-    pngplot.hbar_chart(path, title, panels, colors, default_color=(44, 123, 182))
+    # Imported here, not at module level, so that the bench runs without the extra.
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import StrMethodFormatter
+    except ImportError as exc:
+        earlier = " (the one there is from an earlier run)" if path.exists() else ""
+        return (
+            f"bench: plot skipped, matplotlib not importable ({exc}): {path} not written"
+            f"{earlier}; to get it: pip install -e '.[bench]'"
+        )
+
+    heights = [max(len(rows), 1) for _, rows in panels]
+    fig = Figure(figsize=(11, 0.3 * sum(heights) + 0.9 * len(panels) + 0.5), layout="constrained")
+    # Agg set on this figure alone: no display needed, and no pyplot-wide backend switch.
+    FigureCanvasAgg(fig)
+    fig.suptitle(title, fontsize=11)
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, (panel_title, rows) in zip(axes, panels, strict=True):
+        values = [value for _, _, value in rows]
+        # Positions, not labels, on the y axis: two rows with the same label stay two bars.
+        bars = ax.barh(
+            range(len(rows)),
+            values,
+            color=[_PLOT_COLORS.get(kind, _PLOT_DEFAULT_COLOR) for _, kind, _ in rows],
+        )
+        ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+        ax.invert_yaxis()  # rows top to bottom in the order listed
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
+        ax.set_xlim(0, max([*values, 1.0]) * 1.12)  # room for the value after the longest bar
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.tick_params(labelsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_title(panel_title, loc="left", fontsize=10)
+        if not rows:
+            ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center")
+            ax.set_yticks([])
+    fig.savefig(path, dpi=110)
+    return None

@@ -21,6 +21,11 @@ find_python() {
   return 1
 }
 
+# The one lock every pip install into $venv takes.
+venv_lock_path() {
+  echo "${TMPDIR:-/tmp}/handler-consul-venv-$(printf %s "$PWD/$venv" | sha256sum | cut -c1-16).lock"
+}
+
 ensure_venv() {
   local who="$1" pyver stamp want
   if [[ -n "${PYTHON:-}" ]]; then
@@ -32,7 +37,7 @@ ensure_venv() {
       || { echo "$who: no python3.11 or python3" >&2; exit 1; }
     venv=".venv"
   fi
-  exec 8>"${TMPDIR:-/tmp}/handler-consul-venv-$(printf %s "$PWD/$venv" | sha256sum | cut -c1-16).lock"
+  exec 8>"$(venv_lock_path)"
   flock 8
   if [[ ! -x "$venv/bin/python" ]]; then
     echo "$who: creating $venv with $python" >&2
@@ -50,4 +55,26 @@ ensure_venv() {
   fi
   flock -u 8
   exec 8>&-
+}
+
+# After ensure_venv: an optional extra one command needs on top of [test] (scripts/bench: `bench`,
+# matplotlib for the plot). Its own stamp, holding the [test] stamp it was installed against, so
+# it follows pyproject.toml changes while scripts/test's stamp and `.[test]` install stay as
+# they are. Returns non-zero when pip fails; the caller decides whether that is fatal.
+ensure_extra() {
+  local who="$1" extra="$2" stamp="$venv/.handler-consul-installed" rc=0
+  [[ "$(cat "$stamp-$extra" 2>/dev/null)" == "$(cat "$stamp")" ]] && return 0
+  exec 8>"$(venv_lock_path)"
+  flock 8
+  if [[ "$(cat "$stamp-$extra" 2>/dev/null)" != "$(cat "$stamp")" ]]; then
+    echo "$who: installing handler-consul[test,$extra] into $venv" >&2
+    rm -f "$stamp-$extra"
+    if "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,$extra]" >&2
+    then cat "$stamp" > "$stamp-$extra"
+    else rc=1
+    fi
+  fi
+  flock -u 8
+  exec 8>&-
+  return "$rc"
 }

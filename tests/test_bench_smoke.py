@@ -2,12 +2,18 @@
 
 Checks that every figure the bench reports is produced and well-formed, never its value:
 the numbers depend on the machine. wrk is not required (the bench is run with --no-wrk).
+matplotlib is not required either (the optional `bench` extra): with it the plot is checked,
+without it the line saying the plot was skipped; the skip path is also forced once, so it is
+checked whichever venv runs this.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +28,9 @@ OPS = ("kv_get", "kv_put")
 HANDLER_INFLIGHT = (1, 16, 64, 256)
 BASELINE_INFLIGHT = (1, 16, 64, 256)
 POOLS = (10, 64)
+# The same interpreter runs the bench, so this says whether it can draw the plot.
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+SKIP_HINT = "pip install -e '.[bench]'"
 
 
 def _finite(value: Any) -> bool:
@@ -46,6 +55,7 @@ def bench_run(consul_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     return {
         "out": out,
         "stdout": proc.stdout,
+        "stderr": proc.stderr,
         "results": json.loads((out / "results.json").read_text()),
     }
 
@@ -129,6 +139,43 @@ def test_files_written(bench_run: dict[str, Any]) -> None:
     for section in ("## Headline", "## Targets", "## Every contender", "## RSS", "## Machine"):
         assert section in markdown
     assert "PASS" in markdown or "SHORT" in markdown
-    png = (out / "throughput.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    assert len(png) > 1000
+
+
+def test_plot_written_or_skip_said(bench_run: dict[str, Any]) -> None:
+    plot: Path = bench_run["out"] / "throughput.png"
+    if HAVE_MATPLOTLIB:
+        png = plot.read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        width, height = struct.unpack(">II", png[16:24])  # IHDR, the first chunk
+        assert width >= 800, (width, height)
+        assert height >= 600, (width, height)  # two panels of a dozen bars each
+        assert "plot skipped" not in bench_run["stderr"]
+    else:
+        assert not plot.exists()
+        assert _skip_lines(bench_run["stderr"]), bench_run["stderr"][-2000:]
+
+
+def _skip_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "plot skipped" in line and SKIP_HINT in line]
+
+
+def test_render_without_matplotlib(bench_run: dict[str, Any], tmp_path: Path) -> None:
+    """--render with matplotlib made unimportable: results still rendered, one skip line."""
+    shutil.copy(bench_run["out"] / "results.json", tmp_path / "results.json")
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # any import of it now fails
+        "from bench.cli import main\n"
+        f"raise SystemExit(main(['--render', '--out', {str(tmp_path)!r}]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(_skip_lines(proc.stderr)) == 1, proc.stderr
+    assert "## Headline" in (tmp_path / "RESULTS.md").read_text()
+    assert not (tmp_path / "throughput.png").exists()
