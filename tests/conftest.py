@@ -312,3 +312,73 @@ def dead_port() -> Iterator[int]:
     (port,) = harness.allocate_ports(1)
     yield port
     harness.release_ports([port])
+
+
+# ---- misbehaving servers (tests/harness/misbehaving.py) ----------------------------------
+# Thread-based HTTP servers on 127.0.0.1 that misbehave on purpose, for transport tests:
+#
+# - ``trickle_headers_server``: reads a request, then header bytes one every ``.interval``
+#   (0.4 s) and never ends the header block.
+# - ``trickle_body_server``: full headers with ``Content-Length: 100000000``, then one body
+#   byte every ``.interval``.
+# - ``early_hints_server``: a 1xx before every final answer (``.mode``: "103", "100",
+#   "103-only", "100-only"); final bodies are ``{"n": <sequence>}``.
+# - ``oversized_body_server``: a 64 MiB body (``.size``), Content-Length or ``.chunked``.
+# - ``forward_then_drop_for(agent_or_"host:port", **kwargs) -> ForwardThenDrop``: the agent
+#   applies each request, the proxy withholds the answer (``.drop_next(n)``, ``.pass_through()``).
+#
+# Settings are attributes read per request, so a test changes them on the live server. Each
+# server is closed at teardown, and teardown fails if any of its threads outlived close().
+def _closed_cleanly(server: Any) -> None:
+    server.close()
+    leftover = server.alive_threads
+    assert not leftover, f"{server!r} left threads running after close(): {leftover}"
+
+
+@pytest.fixture
+def trickle_headers_server() -> Iterator[harness.TrickleHeaders]:
+    server = harness.TrickleHeaders().start()
+    yield server
+    _closed_cleanly(server)
+
+
+@pytest.fixture
+def trickle_body_server() -> Iterator[harness.TrickleBody]:
+    server = harness.TrickleBody().start()
+    yield server
+    _closed_cleanly(server)
+
+
+@pytest.fixture
+def early_hints_server() -> Iterator[harness.EarlyHints]:
+    server = harness.EarlyHints().start()
+    yield server
+    _closed_cleanly(server)
+
+
+@pytest.fixture
+def oversized_body_server() -> Iterator[harness.OversizedBody]:
+    server = harness.OversizedBody().start()
+    yield server
+    _closed_cleanly(server)
+
+
+@pytest.fixture
+def forward_then_drop_for() -> Iterator[Callable[..., harness.ForwardThenDrop]]:
+    """Factory: ``forward_then_drop_for(agent_or_"host:port", **kwargs) -> ForwardThenDrop``
+    (started; kwargs as ``ForwardThenDrop``: ``drop=None``, ``close_with="rst"``)."""
+    made: list[harness.ForwardThenDrop] = []
+
+    def make(upstream: Any, **kwargs: Any) -> harness.ForwardThenDrop:
+        proxy = harness.ForwardThenDrop(upstream, **kwargs).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in reversed(made):
+        proxy.close()
+    for proxy in made:
+        _closed_cleanly(proxy)
+
+
+# ---- end of misbehaving servers ----------------------------------------------------------
