@@ -3,7 +3,7 @@
 - ``consul2``: python-consul2 as people usually use it: one shared ``consul.Consul(host,
   port)`` (default requests transport) called through ``loop.run_in_executor`` on a
   ``ThreadPoolExecutor(10)``.
-- ``bare``: the transport the handler uses (``handler_consul.client.build_client``), calling
+- ``bare``: the transport the handler uses (``handler_consul._runtime.build_client``), calling
   ``client.kv.get/put`` directly, in the same kind of executor.
 - ``handler``: ``HandlerConsul.execute`` with a dict envelope, at a given pool size.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler_consul import ConsulSettings, HandlerConsul, InfraUnavailableError
-from handler_consul.client import build_client
+from handler_consul._runtime import build_client
 
 GET_KEY = "bench/get"
 VALUE = "handler-consul-bench-value-0123456789abcdef"  # 43 bytes of UTF-8

@@ -48,8 +48,18 @@ def expected_context(
     datacenter: str | None = None,
     status_code: int | None = None,
     field: str | None = None,
+    request_sent: bool | None = None,
+    outcome_unknown: bool | None = None,
 ) -> dict[str, Any]:
-    """The exact ``error.context.model_dump(mode="json")`` a test expects."""
+    """The exact ``error.context.model_dump(mode="json")`` a test expects.
+
+    Unless given, ``request_sent`` is whether Consul answered with a status (it got the
+    request), and ``outcome_unknown`` whether that status was a 5xx (it may have applied it).
+    """
+    if request_sent is None:
+        request_sent = status_code is not None
+    if outcome_unknown is None:
+        outcome_unknown = status_code is not None and status_code >= 500
     return {
         "transport": "consul",
         "operation": operation,
@@ -61,6 +71,8 @@ def expected_context(
         "category": category,
         "status_code": status_code,
         "field": field,
+        "request_sent": request_sent,
+        "outcome_unknown": outcome_unknown,
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness import AclConsulAgent, ConsulAgent
 
-from handler_consul.schema import envelope_adapter, response_adapter
+from handler_consul._schema import envelope_adapter, response_adapter
 
 CLI = [sys.executable, "-m", "handler_consul.cli"]
 # Everything that could point the CLI at a Consul or hand it a token; each test sets its own.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness import ConsulAgent
 
-from handler_consul.schema import ErrorLine, envelope_adapter, response_adapter
+from handler_consul._schema import ErrorLine, envelope_adapter, response_adapter
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "patterns"
 OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md"]

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from handler_consul import HandlerResponse
-from handler_consul.handler import _new_correlation_id
+from handler_consul._handler import _new_correlation_id
 
 
 def _values() -> dict[str, object]:

@@ -195,6 +195,8 @@ async def test_request_timeout_via_latency(make_handler, toxiproxy):
         retryable=True,
         attempts=1,
         correlation_id=env["correlation_id"],
+        request_sent=True,
+        outcome_unknown=True,
     )
     assert_json_ready(error)
 

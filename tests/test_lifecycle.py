@@ -137,7 +137,7 @@ async def test_initialize_twice_replaces_resources(make_handler, consul_agent, c
     second_proxy = counting_proxy_for(consul_agent)
     handler = await make_handler(first_proxy, max_concurrent_operations=2)
     await handler.execute(envelope("kv_get", key=f"{uniq('re')}/k"))
-    old_pool = handler._runtime.pool  # private: the only way to see the old pool itself
+    old_pool = handler._lifecycle.runtime.pool  # private: the only way to see the old pool itself
     await handler.initialize({"port": second_proxy.port, "max_concurrent_operations": 4})
     assert old_pool.snapshot()["closed"] is True
     assert handler.describe()["pool"]["max_workers"] == 4

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from faults_support import wait_until, worker_threads
 
-from handler_consul.pool import BoundedThreadPool, PoolClosed, PoolSaturated, PoolTimeout
+from handler_consul._pool import BoundedThreadPool, PoolClosed, PoolSaturated, PoolTimeout
 
 EVENT_BOUND = 10.0  # no gate is ever held longer than this, even if a test fails
 
@@ -365,7 +365,7 @@ async def test_abandon_fails_callers_but_their_threads_keep_the_slots(
         asyncio.create_task(pool.run(held, gate, i, counter, timeout=EVENT_BOUND)) for i in range(2)
     ]
     assert await wait_until(lambda: counter.entered == 2, timeout=5)
-    failed = pool.abandon(lambda: RuntimeError("shutting down"))
+    failed = pool.abandon(lambda _started: RuntimeError("shutting down"))
     assert failed == 2
     for task in tasks:
         with pytest.raises(RuntimeError, match="shutting down"):

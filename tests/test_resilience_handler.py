@@ -12,6 +12,7 @@ counted" must show: a single counted failure would open the breaker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import http.client
 import signal
@@ -27,7 +28,6 @@ import pytest
 from faults_support import LagTicker, ThreadSampler, in_thread, wait_until
 from harness import AclConsulAgent, ConsulAgent, CountingProxy, Toxiproxy
 
-import handler_consul.handler as handler_module
 from handler_consul import (
     HandlerConsul,
     InfraAuthenticationError,
@@ -36,7 +36,7 @@ from handler_consul import (
     InfraTimeoutError,
     InfraUnavailableError,
 )
-from handler_consul.operations import OPERATIONS
+from handler_consul._operations import OPERATIONS
 
 pytestmark = pytest.mark.consul
 
@@ -232,17 +232,21 @@ def test_item_12_interrupt_raised_inside_the_call_propagates_untouched_and_is_no
     """The worker's call raises the interrupt (after a real request): the same object
     reaches the caller, no InfraError wraps it, and the breaker (threshold 1) stays closed."""
     raised = interrupt("stop")
-    real_call = handler_module._call_operation
+    real_put = OPERATIONS["consul.kv_put"]
 
     def interrupted(*args: Any) -> Any:
-        real_call(*args)
+        real_put.run(*args)
         raise raised
 
     handler = HandlerConsul()
 
     async def main() -> None:
         await handler.initialize(config(consul_agent, breaker={"failure_threshold": 1}))
-        monkeypatch.setattr(handler_module, "_call_operation", interrupted)
+        monkeypatch.setitem(
+            OPERATIONS,  # type: ignore[arg-type]
+            "consul.kv_put",
+            dataclasses.replace(real_put, run=interrupted),
+        )
         await handler.execute(put(key(), "x"))
 
     try:

@@ -10,9 +10,9 @@ import pytest
 from harness import ConsulAgent, CountingProxy
 
 from handler_consul import ConsulSettings
-from handler_consul._http import Headers, parse_headers
-from handler_consul.client import build_client
-from handler_consul.transport import TransportError
+from handler_consul._runtime import build_client
+from handler_consul._transport import TransportError
+from handler_consul._transport.response import Headers, parse_headers
 
 pytestmark = pytest.mark.consul
 

@@ -8,7 +8,6 @@ Here only the breaker's part: a permit resolved from ``finally`` counts nothing,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import math
@@ -17,10 +16,11 @@ import time
 import tracemalloc
 from typing import Any
 
+import pydantic
 import pytest
 
-from handler_consul.breaker import (
-    BreakerConfig,
+from handler_consul import BreakerSettings
+from handler_consul._breaker import (
     BreakerState,
     CircuitBreaker,
     MixinAsyncCircuitBreaker,
@@ -33,7 +33,14 @@ CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.H
 
 
 def make(clock: FakeClock, log: TransitionLog | None = None, **config: Any) -> CircuitBreaker:
-    return CircuitBreaker("consul.test", BreakerConfig(**config), clock=clock, on_transition=log)
+    probe_timeout = config.pop("probe_timeout_seconds", None)
+    return CircuitBreaker(
+        "consul.test",
+        BreakerSettings(**config),
+        probe_timeout_seconds=probe_timeout,
+        clock=clock,
+        on_transition=log,
+    )
 
 
 def acquire(breaker: CircuitBreaker) -> Permit:
@@ -390,7 +397,7 @@ def test_item_10_wall_clock_jumps_change_nothing(monkeypatch: pytest.MonkeyPatch
 
 
 def test_item_10_default_clock_is_monotonic(monkeypatch: pytest.MonkeyPatch) -> None:
-    breaker = CircuitBreaker("consul.real", BreakerConfig(failure_threshold=1))
+    breaker = CircuitBreaker("consul.real", BreakerSettings(failure_threshold=1))
     fail(breaker, 1)
     monkeypatch.setattr(time, "time", lambda: time.monotonic() + 10 * 365 * 86400.0)
     assert breaker.try_acquire() is None
@@ -491,7 +498,7 @@ async def test_item_12_permit_ignored_in_finally_counts_nothing_and_never_raises
 class Host(MixinAsyncCircuitBreaker):
     def __init__(self, clock: FakeClock, log: TransitionLog) -> None:
         self._init_circuit_breakers(
-            BreakerConfig(failure_threshold=1), clock=clock, on_transition=log
+            BreakerSettings(failure_threshold=1), clock=clock, on_transition=log
         )
 
 
@@ -544,7 +551,7 @@ def test_a_failing_listener_does_not_wedge_the_breaker(caplog: pytest.LogCapture
         raise RuntimeError("listener bug")
 
     breaker = CircuitBreaker(
-        "consul.test", BreakerConfig(failure_threshold=1), clock=FakeClock(), on_transition=broken
+        "consul.test", BreakerSettings(failure_threshold=1), clock=FakeClock(), on_transition=broken
     )
     acquire(breaker).failure()
     assert breaker.state is OPEN
@@ -565,10 +572,12 @@ def test_a_failing_listener_does_not_wedge_the_breaker(caplog: pytest.LogCapture
     ],
 )
 def test_config_rejects_values_that_would_break_the_breaker(field: dict[str, object]) -> None:
+    build = CircuitBreaker if "probe_timeout_seconds" in field else BreakerSettings
+    kwargs = {"name": "consul.test", **field} if build is CircuitBreaker else field
     with pytest.raises(ValueError, match=next(iter(field))):
-        BreakerConfig(**field)  # type: ignore[arg-type]
+        build(**kwargs)  # type: ignore[arg-type]
 
 
 def test_config_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        BreakerConfig().failure_threshold = 1  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        BreakerSettings().failure_threshold = 1  # type: ignore[misc]

@@ -5,12 +5,13 @@ Items 14, 15, 18 and 20 are about the retry loop in the handler and are tested t
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
+import pydantic
 import pytest
 
-from handler_consul.retry import RetryBudget, RetryPolicy, sleep_budget
+from handler_consul import RetrySettings
+from handler_consul._retry import RetryBudget, backoff_seconds, sleep_budget
 
 from .fakes import FakeClock, FixedRng
 
@@ -18,39 +19,39 @@ from .fakes import FakeClock, FixedRng
 
 
 def test_item_16_backoff_ceiling_grows_exponentially_and_is_capped() -> None:
-    policy = RetryPolicy(initial_delay_seconds=0.1, max_delay_seconds=1.0, exponential_base=2.0)
+    policy = RetrySettings(initial_delay_seconds=0.1, max_delay_seconds=1.0, exponential_base=2.0)
     almost_one = FixedRng([0.999999])
-    ceilings = [policy.backoff_seconds(n, almost_one) for n in range(1, 8)]
+    ceilings = [backoff_seconds(policy, n, almost_one) for n in range(1, 8)]
     assert ceilings == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0], rel=1e-5)
 
 
 def test_item_16_full_jitter_scales_the_ceiling_by_the_rng() -> None:
-    policy = RetryPolicy(initial_delay_seconds=0.5, max_delay_seconds=5.0)
-    assert policy.backoff_seconds(3, FixedRng([0.0])) == 0.0
-    assert policy.backoff_seconds(3, FixedRng([0.25])) == 0.5
-    assert policy.backoff_seconds(3, FixedRng([0.5])) == 1.0
+    policy = RetrySettings(initial_delay_seconds=0.5, max_delay_seconds=5.0)
+    assert backoff_seconds(policy, 3, FixedRng([0.0])) == 0.0
+    assert backoff_seconds(policy, 3, FixedRng([0.25])) == 0.5
+    assert backoff_seconds(policy, 3, FixedRng([0.5])) == 1.0
 
 
 def test_item_16_full_jitter_spreads_over_the_whole_range() -> None:
-    policy = RetryPolicy(initial_delay_seconds=1.0, max_delay_seconds=1.0)
+    policy = RetrySettings(initial_delay_seconds=1.0, max_delay_seconds=1.0)
     rng = random.Random(20).random
-    delays = [policy.backoff_seconds(1, rng) for _ in range(2000)]
+    delays = [backoff_seconds(policy, 1, rng) for _ in range(2000)]
     assert all(0.0 <= d < 1.0 for d in delays)
     assert min(delays) < 0.05
     assert max(delays) > 0.95
 
 
 def test_item_16_huge_retry_number_stays_at_the_cap() -> None:
-    policy = RetryPolicy(exponential_base=10.0, max_delay_seconds=5.0)
-    assert policy.backoff_seconds(10_000, FixedRng([0.5])) == 2.5
+    policy = RetrySettings(exponential_base=10.0, max_delay_seconds=5.0)
+    assert backoff_seconds(policy, 10_000, FixedRng([0.5])) == 2.5
 
 
 async def test_item_16_sleep_is_injectable_and_sleeps_nothing_real() -> None:
     clock = FakeClock()
-    policy = RetryPolicy(max_attempts=4)
+    policy = RetrySettings(max_attempts=4)
     rng = FixedRng([0.5])
     for retry in range(1, policy.max_attempts):
-        await clock.sleep(policy.backoff_seconds(retry, rng))
+        await clock.sleep(backoff_seconds(policy, retry, rng))
     assert clock.sleeps == pytest.approx([0.05, 0.1, 0.2])
     assert clock.now == pytest.approx(1000.35)
 
@@ -67,17 +68,17 @@ async def test_item_16_sleep_is_injectable_and_sleeps_nothing_real() -> None:
 )
 def test_policy_rejects_out_of_range_values(field: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message names the field
-        RetryPolicy(**field)  # type: ignore[arg-type]
+        RetrySettings(**field)  # type: ignore[arg-type]
 
 
 def test_retry_number_starts_at_one() -> None:
     with pytest.raises(ValueError, match="starts at 1"):
-        RetryPolicy().backoff_seconds(0, FixedRng([0.5]))
+        backoff_seconds(RetrySettings(), 0, FixedRng([0.5]))
 
 
 def test_policy_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        RetryPolicy().max_attempts = 5  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        RetrySettings().max_attempts = 5  # type: ignore[misc]
 
 
 # -- item 17: no backoff sleep ends past the deadline ---------------------------------------
@@ -105,7 +106,7 @@ def test_item_17_negative_delay_is_no_delay() -> None:
 def test_item_19_retries_stay_a_small_fraction_under_a_persistent_outage() -> None:
     clock = FakeClock()
     budget = RetryBudget(ratio=0.2, min_retries_per_second=1.0, window_seconds=10.0, clock=clock)
-    policy = RetryPolicy(max_attempts=3)
+    policy = RetrySettings(max_attempts=3)
     calls = retries = 0
     for _ in range(6000):  # 100 calls a second for a minute, every attempt failing
         budget.record_call()

@@ -11,9 +11,9 @@ from uuid import UUID
 
 import anyio
 
-from handler_consul.errors import ErrorContext, InfraError, InfraValidationError
-from handler_consul.handler import HandlerConsul
-from handler_consul.operations import OPERATIONS
+from handler_consul._errors import ErrorContext, InfraError, InfraValidationError
+from handler_consul._handler import HandlerConsul
+from handler_consul._operations import OPERATIONS
 
 EXIT_OK = 0
 EXIT_FAILED = 1

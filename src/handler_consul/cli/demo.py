@@ -12,6 +12,10 @@ from typing import Any
 
 import anyio
 
+from handler_consul._errors import InfraError, InfraValidationError
+from handler_consul._handler import HandlerConsul
+from handler_consul._runtime import build_client
+from handler_consul._settings import load_settings
 from handler_consul.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_STARTED,
@@ -19,11 +23,7 @@ from handler_consul.cli.common import (
     start_handler,
     stop_handler,
 )
-from handler_consul.client import build_client
-from handler_consul.devagent import DevAgent, DevAgentError
-from handler_consul.errors import InfraError, InfraValidationError
-from handler_consul.handler import HandlerConsul
-from handler_consul.settings import load_settings
+from handler_consul.cli.devagent import DevAgent, DevAgentError
 
 _CONFIGURED_ENV = ("CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_ADDR")
 

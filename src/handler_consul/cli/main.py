@@ -26,6 +26,10 @@ from typing import Any, NoReturn
 
 import anyio
 
+from handler_consul._errors import InfraError
+from handler_consul._handler import HandlerConsul
+from handler_consul._schema import KINDS, schema
+from handler_consul._settings import load_settings
 from handler_consul._version import __version__
 from handler_consul.cli.common import (
     EXIT_FAILED,
@@ -43,10 +47,6 @@ from handler_consul.cli.common import (
 from handler_consul.cli.demo import cmd_demo
 from handler_consul.cli.logs import configure_logging
 from handler_consul.cli.run import cmd_run
-from handler_consul.errors import InfraError
-from handler_consul.handler import HandlerConsul
-from handler_consul.schema import KINDS, schema
-from handler_consul.settings import load_settings
 
 # -- arguments -------------------------------------------------------------------------------
 

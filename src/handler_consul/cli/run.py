@@ -12,6 +12,8 @@ from typing import IO, Any
 import anyio
 from anyio.abc import ObjectReceiveStream
 
+from handler_consul._errors import InfraError
+from handler_consul._handler import HandlerConsul
 from handler_consul.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_STARTED,
@@ -24,8 +26,6 @@ from handler_consul.cli.common import (
     start_handler,
     stop_handler,
 )
-from handler_consul.errors import InfraError
-from handler_consul.handler import HandlerConsul
 
 # A line longer than this is answered with an error line and skipped, not buffered forever.
 MAX_LINE_BYTES = 4 * 1024 * 1024

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-import consul.base
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from handler_consul.client import ConsulClient
-from handler_consul.validation import (
+from handler_consul._client import ConsulClient
+from handler_consul._validation import (
     Duration,
     ServiceAddress,
     ServiceId,
@@ -157,10 +156,7 @@ class DeregisterResult(TypedDict):
 
 
 def register(client: ConsulClient, payload: RegisterPayload) -> RegisterResult:
-    ok = client.register_service(payload.definition())
-    if ok is not True:
-        # CB.bool() turns a 404 into False; a register cannot legitimately 404.
-        raise consul.base.NotFound("Consul answered 404 to a service registration")
+    client.register_service(payload.definition())
     return {"service_id": payload.effective_id, "name": payload.name, "registered": True}
 
 

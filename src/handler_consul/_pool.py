@@ -53,7 +53,15 @@ class PoolTimeout(Exception):
 
 
 class PoolClosed(Exception):
-    """The pool is shut down or was closed while the call waited."""
+    """The pool is shut down or was closed while the call waited.
+
+    ``request_sent`` is True when a worker had already started the call: its request may
+    have reached Consul.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class _Job(Generic[T]):
@@ -340,14 +348,17 @@ class BoundedThreadPool:
             self._sweep_handle.cancel()
             self._sweep_handle = None
 
-    def abandon(self, make_error: Callable[[], BaseException]) -> int:
+    def abandon(self, make_error: Callable[[bool], BaseException]) -> int:
         """Fail every caller still waiting (for a slot or a result); running calls keep their
-        slots until they return. Used by shutdown once the grace period is over."""
+        slots until they return. Used by shutdown once the grace period is over.
+
+        ``make_error(started)`` is told whether a worker had already started the call.
+        """
         failed = 0
         for job in list(self._pending):
-            self._give_up(job)
+            started = not self._give_up(job)
             if not job.future.done():
-                job.future.set_exception(make_error())
+                job.future.set_exception(make_error(started))
                 failed += 1
         return failed
 

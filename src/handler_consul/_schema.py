@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
-from handler_consul.envelope import Envelope, HandlerResponse
-from handler_consul.errors import ErrorContext
-from handler_consul.operations import OPERATIONS, Operation
+from handler_consul._envelope import Envelope, HandlerResponse
+from handler_consul._errors import ErrorContext
+from handler_consul._operations import OPERATIONS, Operation
 
 __all__ = ["KINDS", "ErrorLine", "envelope_adapter", "response_adapter", "result_type", "schema"]
 

@@ -14,8 +14,8 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from handler_consul.client import ConsulClient
-from handler_consul.validation import (
+from handler_consul._client import ConsulClient
+from handler_consul._validation import (
     MAX_VALUE_BYTES,
     UINT64_MAX,
     KvKey,

@@ -14,10 +14,9 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from handler_consul.envelope import Envelope
-from handler_consul.errors import InfraValidationError
-from handler_consul.operations import OPERATIONS, Operation
-from handler_consul.translate import ContextFields, make_context
+from handler_consul._envelope import Envelope
+from handler_consul._errors import ContextFields, InfraValidationError, make_context
+from handler_consul._operations import OPERATIONS, Operation
 
 __all__ = ["parse_envelope"]
 

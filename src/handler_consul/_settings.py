@@ -38,7 +38,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from handler_consul.errors import ErrorContext, InfraConfigurationError
+from handler_consul._errors import ErrorContext, InfraConfigurationError
 
 __all__ = ["BreakerSettings", "ConsulSettings", "RetrySettings", "load_settings"]
 
@@ -155,14 +155,20 @@ class ConsulSettings(BaseSettings):
     max_concurrent_operations: int = Field(10, ge=1, le=100)
     max_wait_seconds: float | None = Field(
         None,
-        ge=0,
+        gt=0,
         le=3600,
         description="Longest wait for a pool slot; defaults to timeout_seconds.",
     )
     max_queued_operations: int = Field(
         10_000,
-        ge=0,
+        ge=1,
         description="Envelopes allowed to wait for a slot before new ones are refused.",
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=2**40,
+        description="Largest answer body read from Consul; a larger one is refused unread.",
     )
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=3600)
     cacert: str | None = None

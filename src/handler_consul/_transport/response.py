@@ -13,9 +13,12 @@ http.client's own code.
 from __future__ import annotations
 
 import http.client
+import io
+import socket
+import time
 from typing import IO, Any
 
-__all__ = ["ConsulHTTPResponse", "Headers"]
+__all__ = ["ConsulHTTPResponse", "DeadlineReader", "Headers"]
 
 _MAXLINE = 65536
 _MAXHEADERS = 100
@@ -64,17 +67,69 @@ def parse_headers(fp: IO[bytes]) -> Headers:
         headers[key] = value if previous is None else f"{previous}, {value}"
 
 
+class DeadlineReader(socket.SocketIO):
+    """A socket reader that enforces one absolute deadline over every read.
+
+    A socket timeout bounds each read separately, so a server that sends one byte every
+    0.4 s would hold a worker for as long as it likes. Here each read gets only the time
+    left until the request's deadline, and a read that starts past it raises TimeoutError:
+    the whole answer, status line to last body byte, arrives before the deadline or not at all.
+
+    Built as ``sock.makefile("rb")`` builds its reader, reference included: http.client
+    closes the connection's socket as soon as it sees ``Connection: close``, and the socket
+    must stay open until this reader is done with the body.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock, "rb")
+        sock._io_refs += 1  # type: ignore[attr-defined]  # what makefile() does
+        self._deadline = deadline
+
+    def readinto(self, buffer: Any) -> int | None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline passed while reading the answer")
+        self._sock.settimeout(remaining)  # type: ignore[attr-defined]
+        return super().readinto(buffer)
+
+
 class ConsulHTTPResponse(http.client.HTTPResponse):
-    """``http.client.HTTPResponse`` with :func:`parse_headers` in place of ``email.parser``."""
+    """``http.client.HTTPResponse`` with :func:`parse_headers` in place of ``email.parser``,
+    reading through a :class:`DeadlineReader`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        debuglevel: int = 0,
+        method: str | None = None,
+        url: str | None = None,
+        *,
+        deadline: float,
+    ) -> None:
+        # http.client's own __init__, except that the reader is a DeadlineReader where it
+        # would call sock.makefile("rb") (same buffering; one deadline over every read).
+        self.fp = io.BufferedReader(DeadlineReader(sock, deadline))
+        self.debuglevel = debuglevel
+        self._method = method
+        self.headers = self.msg = None  # type: ignore[assignment]
+        unknown = http.client._UNKNOWN  # type: ignore[attr-defined]
+        self.version = self.status = self.reason = unknown
+        self.chunked = self.chunk_left = self.length = self.will_close = unknown
 
     def begin(self) -> None:
         if self.headers is not None:
             return
         while True:
             version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
+            if not 100 <= status < 200:
                 break
-            parse_headers(self.fp)  # the 100 response's headers are skipped
+            if status == http.client.SWITCHING_PROTOCOLS:
+                # Nothing here asks to switch protocols: the connection's state is unknown.
+                raise http.client.HTTPException("unexpected 101 Switching Protocols")
+            # Every other 1xx (100 Continue, 103 Early Hints, ...) is informational: its
+            # headers are skipped and the final answer follows on the same connection. Taking
+            # one as the answer would leave the real one unread, to be read by the next request.
+            parse_headers(self.fp)
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):

@@ -22,13 +22,12 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
-from .clock import Clock, monotonic
+from handler_consul._clock import Clock, monotonic
+from handler_consul._settings import BreakerSettings
 
 __all__ = [
-    "BreakerConfig",
     "BreakerState",
     "CircuitBreaker",
     "MixinAsyncCircuitBreaker",
@@ -52,43 +51,7 @@ It runs inside the transition, on the loop: log or count there, never acquire a 
 """
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """The knobs of one breaker; every one of them has a safe default."""
-
-    enabled: bool = True
-    # Consecutive failures that open the breaker (compared with >=).
-    failure_threshold: int = 5
-    # How long OPEN refuses callers before the next one is let through as a probe.
-    reset_timeout_seconds: float = 30.0
-    # Probes admitted in HALF_OPEN; all of them must succeed to close it.
-    half_open_max_calls: int = 1
-    # A success slower than this (strictly) counts as a failure; None turns it off.
-    slow_call_duration_seconds: float | None = None
-    # Each consecutive reopen multiplies the wait by this, up to the cap below.
-    reset_timeout_multiplier: float = 1.0
-    # The cap on a grown wait; it never shortens the first one.
-    max_reset_timeout_seconds: float = 300.0
-    # A probe outstanding longer than this is a failure, so HALF_OPEN never sits with no
-    # permits left. Checked on the next try_acquire() or state read; None turns it off.
-    probe_timeout_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        # Fail at construction, not as a breaker that silently never opens or never heals.
-        if self.failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
-        if self.half_open_max_calls < 1:
-            raise ValueError("half_open_max_calls must be at least 1")
-        if not self.reset_timeout_seconds > 0:
-            raise ValueError("reset_timeout_seconds must be positive")
-        if not self.max_reset_timeout_seconds > 0:
-            raise ValueError("max_reset_timeout_seconds must be positive")
-        if not self.reset_timeout_multiplier >= 1:
-            raise ValueError("reset_timeout_multiplier must be at least 1")
-        for name in ("slow_call_duration_seconds", "probe_timeout_seconds"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None")
+_DEFAULTS = BreakerSettings()
 
 
 class Permit:
@@ -226,7 +189,7 @@ class _HalfOpen(_State):
         self.probes.remove(permit)  # the slot goes to the next caller
 
     def expire(self, breaker: CircuitBreaker) -> None:
-        timeout = breaker.config.probe_timeout_seconds
+        timeout = breaker.probe_timeout_seconds
         if timeout is None or not self.probes:
             return
         if breaker._clock() - self.probes[0]._started_at >= timeout:
@@ -245,13 +208,19 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        config: BreakerConfig = BreakerConfig(),  # frozen, so sharing is safe
+        config: BreakerSettings = _DEFAULTS,  # frozen, so sharing is safe
         *,
+        probe_timeout_seconds: float | None = None,
         clock: Clock = monotonic,
         on_transition: TransitionListener | None = None,
     ) -> None:
+        if probe_timeout_seconds is not None and not probe_timeout_seconds > 0:
+            raise ValueError("probe_timeout_seconds must be positive or None")
         self.name = name
         self.config = config
+        # A probe outstanding longer than this is a failure, so HALF_OPEN never sits with no
+        # permits left (the handler passes its request timeout). None turns it off.
+        self.probe_timeout_seconds = probe_timeout_seconds
         self._clock = clock
         self._on_transition = on_transition
         self._state: _State = _Closed()
@@ -381,19 +350,22 @@ class MixinAsyncCircuitBreaker:
     its ``__init__``; every attribute this mixin owns starts with ``_cb_``.
     """
 
-    _cb_config: BreakerConfig
+    _cb_config: BreakerSettings
+    _cb_probe_timeout: float | None
     _cb_clock: Clock
     _cb_on_transition: TransitionListener | None
     _cb_breakers: dict[str, CircuitBreaker]
 
     def _init_circuit_breakers(
         self,
-        config: BreakerConfig,
+        config: BreakerSettings,
         *,
+        probe_timeout_seconds: float | None = None,
         clock: Clock = monotonic,
         on_transition: TransitionListener | None = None,
     ) -> None:
         self._cb_config = config
+        self._cb_probe_timeout = probe_timeout_seconds
         self._cb_clock = clock
         self._cb_on_transition = on_transition
         self._cb_breakers = {}
@@ -404,7 +376,11 @@ class MixinAsyncCircuitBreaker:
         breaker = self._cb_breakers.get(name)
         if breaker is None:
             breaker = CircuitBreaker(
-                name, self._cb_config, clock=self._cb_clock, on_transition=self._cb_on_transition
+                name,
+                self._cb_config,
+                probe_timeout_seconds=self._cb_probe_timeout,
+                clock=self._cb_clock,
+                on_transition=self._cb_on_transition,
             )
             self._cb_breakers[name] = breaker
         return breaker

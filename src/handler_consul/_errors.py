@@ -25,6 +25,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "ContextFields",
     "ErrorCategory",
     "ErrorContext",
     "InfraAuthenticationError",
@@ -35,6 +36,7 @@ __all__ = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "make_context",
 ]
 
 ErrorCategory = Literal[
@@ -63,6 +65,11 @@ class ErrorContext(BaseModel):
     category: ErrorCategory = "consul"
     status_code: int | None = None
     field: str | None = None
+    # Whether the request may have reached Consul. False is a promise: nothing was sent.
+    request_sent: bool = False
+    # Whether Consul may have applied it (sent, then no answer, or a 5xx). A caller that
+    # sees this on a write which is not idempotent reads the state back before deciding.
+    outcome_unknown: bool = False
 
 
 ContextSource = ErrorContext | Callable[[], ErrorContext]
@@ -81,9 +88,6 @@ class InfraError(Exception):
         # A factory is accepted so that the open-breaker fast path does not pay for a model
         # its caller may never read; it is resolved once, on first access.
         self._context: ContextSource | None = context
-        # True when the failed request may still have been applied by Consul (sent, then
-        # timed out or answered 5xx): such a write is re-sent only if it is idempotent.
-        self.outcome_unknown = False
 
     @property
     def context(self) -> ErrorContext:
@@ -93,6 +97,11 @@ class InfraError(Exception):
             context = context() if context is not None else ErrorContext(category=self.category)
             self._context = context
         return context
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Consul may have applied the request: a write is re-sent only if idempotent."""
+        return self.context.outcome_unknown
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the class name, the message and the context."""
@@ -159,7 +168,9 @@ class InfraAuthenticationError(InfraError):
 
 
 class InfraUnavailableError(InfraError):
-    """The handler refused the envelope without asking Consul."""
+    """The handler refused or gave up on the envelope: breaker open, pool saturated, not
+    initialized, shut down. Usually nothing was sent; an envelope failed by ``shutdown()``
+    while its request was running says so in ``context.request_sent``."""
 
     category: ClassVar[ErrorCategory] = "unavailable"
 
@@ -183,3 +194,48 @@ class InfraConsulError(InfraError):
     """Consul answered and rejected the request (400, 413, other 4xx)."""
 
     category: ClassVar[ErrorCategory] = "consul"
+
+
+class ContextFields:
+    """The per-envelope facts every error context repeats, gathered once."""
+
+    __slots__ = ("correlation_id", "datacenter", "operation", "target")
+
+    def __init__(
+        self,
+        operation: str | None,
+        correlation_id: UUID | None,
+        target: str,
+        datacenter: str | None,
+    ) -> None:
+        self.operation = operation
+        self.correlation_id = correlation_id
+        self.target = target
+        self.datacenter = datacenter
+
+
+def make_context(
+    fields: ContextFields,
+    error_class: type[InfraError],
+    attempts: int,
+    *,
+    status_code: int | None = None,
+    field: str | None = None,
+    request_sent: bool = False,
+    outcome_unknown: bool = False,
+) -> ErrorContext:
+    """The single context factory: every InfraError the handler raises is built with it."""
+    return ErrorContext.model_construct(
+        transport="consul",
+        operation=fields.operation,
+        target=fields.target,
+        correlation_id=fields.correlation_id,
+        datacenter=fields.datacenter,
+        attempts=attempts,
+        retryable=error_class.retryable,
+        category=error_class.category,
+        status_code=status_code,
+        field=field,
+        request_sent=request_sent,
+        outcome_unknown=outcome_unknown,
+    )

@@ -1,0 +1,232 @@
+"""HandlerConsul: lifecycle, ``execute()``, ``describe()`` and ``health_check()``.
+
+One envelope's path goes down and only down: :meth:`HandlerConsul.execute` validates it
+(:mod:`._parsing`; nothing reaches Consul otherwise), then :class:`._retry.Attempts` runs its
+attempts (breaker permit, :mod:`._pool`, :mod:`._operations`, :mod:`._client`,
+:mod:`._transport`) and translates failures at one boundary (:mod:`._translate`).
+docs/patterns/architecture.md draws the whole map.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID
+
+from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
+from handler_consul._clock import Clock, Sleep, monotonic
+from handler_consul._envelope import Envelope, HandlerResponse
+from handler_consul._errors import (
+    ContextFields,
+    InfraError,
+    InfraUnavailableError,
+    make_context,
+)
+from handler_consul._lifecycle import Lifecycle
+from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
+from handler_consul._operations import OPERATIONS
+from handler_consul._parsing import parse_envelope
+from handler_consul._runtime import Runtime
+from handler_consul._settings import BreakerSettings, ConsulSettings
+from handler_consul._version import __version__
+
+__all__ = ["HandlerConsul"]
+
+_NOT_INITIALIZED = "HandlerConsul is not initialized: call and await initialize() first"
+
+
+class HandlerConsul(MixinAsyncCircuitBreaker):
+    """The Consul effect handler an orchestrator runtime loads (entry point ``infra_handlers``)."""
+
+    handler_type = "infra_handler"
+    handler_category = "effect"
+
+    def __init__(
+        self,
+        settings: ConsulSettings | None = None,
+        *,
+        clock: Clock = monotonic,
+        rng: Callable[[], float] = random.random,
+        sleep: Sleep | None = None,
+    ) -> None:
+        self._base_settings = settings
+        self._clock = clock
+        self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
+        self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
+
+    def __repr__(self) -> str:
+        runtime = self._lifecycle.runtime
+        state = "initialized" if runtime else "not initialized"
+        target = runtime.settings.base_url if runtime else "-"
+        return f"HandlerConsul({target}, {state})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def initialize(self, config: Mapping[str, Any] | None = None) -> None:
+        """Build settings, client and pool, then check that Consul answers.
+
+        The check is ``GET /v1/status/leader`` in the pool under the timeout: it needs no ACL
+        permission and never blocks the event loop, even against an address that accepts
+        connections and never replies. A second call replaces the old resources cleanly.
+        """
+        await self._lifecycle.initialize(config)
+
+    async def shutdown(self) -> None:
+        """Refuse new envelopes, let in-flight ones finish within the grace period, then fail
+        the rest with InfraUnavailableError. Never joins a thread; idempotent."""
+        await self._lifecycle.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    # -- execute -----------------------------------------------------------------------
+
+    async def execute(self, envelope: Envelope | Mapping[str, Any]) -> HandlerResponse:
+        """Run one envelope; return a HandlerResponse or raise an InfraError subclass."""
+        started = self._clock()
+        try:
+            return await self._execute(envelope, started)
+        except InfraError as error:
+            log_envelope_failure(error, self._clock() - started)
+            raise
+
+    async def _execute(
+        self, envelope: Envelope | Mapping[str, Any], started: float
+    ) -> HandlerResponse:
+        lifecycle = self._lifecycle
+        runtime = lifecycle.runtime
+        if runtime is not None:
+            target, datacenter = runtime.target, runtime.settings.datacenter
+        else:
+            settings = self._base_settings
+            target = settings.breaker_name if settings else "consul.default"
+            datacenter = settings.datacenter if settings else None
+        operation, payload, env = parse_envelope(envelope, target, datacenter)
+        correlation_id = env.correlation_id or _new_correlation_id()
+        fields = ContextFields(operation.name, correlation_id, target, datacenter)
+        refusal = lifecycle.refusal()
+        if runtime is None or refusal is not None:
+            raise InfraUnavailableError(
+                refusal or _NOT_INITIALIZED,
+                context=make_context(fields, InfraUnavailableError, attempts=0),
+            )
+        timeout = env.timeout_seconds or runtime.settings.timeout_seconds
+        breaker = self.circuit_breaker(datacenter)
+        with lifecycle.admitted():
+            result, attempts = await runtime.attempts.run(
+                breaker, operation, payload, fields, started + timeout
+            )
+        duration = self._clock() - started
+        log_envelope_success(operation.name, correlation_id, attempts, duration)
+        return HandlerResponse.trusted(
+            operation.name,
+            correlation_id,
+            env.envelope_id,
+            result,
+            attempts,
+            round(duration * 1000.0, 3),
+        )
+
+    # -- introspection -------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What orchestrators read from a handler: JSON-serialisable, no secrets."""
+        lifecycle = self._lifecycle
+        runtime = lifecycle.runtime
+        settings = runtime.settings if runtime else self._base_settings
+        return {
+            "handler_type": self.handler_type,
+            "handler_category": self.handler_category,
+            "supported_operations": sorted(OPERATIONS),
+            "timeout_seconds": settings.timeout_seconds if settings else None,
+            "initialized": runtime is not None,
+            "state": lifecycle.state,
+            "version": __version__,
+            "circuit_breakers": self.circuit_breaker_states(),
+            "max_concurrent_operations": settings.max_concurrent_operations if settings else None,
+            "pool": runtime.pool.snapshot() if runtime else None,
+            "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
+            "in_flight": lifecycle.in_flight,
+            "settings": settings.public_dict() if settings else None,
+        }
+
+    async def health_check(self) -> dict[str, Any]:
+        """Ask Consul for its leader (no ACL needed); report latency and breaker state.
+
+        Runs in the pool like any call, but outside the breaker: it reports the breaker's
+        state rather than being refused by it.
+        """
+        runtime: Runtime | None = self._lifecycle.runtime
+        if runtime is None:
+            return {
+                "healthy": False,
+                "initialized": False,
+                "latency_ms": None,
+                "leader": None,
+                "breaker": None,
+                "error": _NOT_INITIALIZED,
+            }
+        breaker = self.circuit_breaker(runtime.settings.datacenter)
+        fields = ContextFields("health_check", None, breaker.name, runtime.settings.datacenter)
+        started = self._clock()
+        leader, error = await runtime.probe_leader(fields)
+        latency_ms = round((self._clock() - started) * 1000.0, 3)
+        if error is not None:
+            return {
+                "healthy": False,
+                "initialized": True,
+                "latency_ms": latency_ms,
+                "leader": None,
+                "breaker": breaker.state.value,
+                "error": error.message,
+                "error_type": type(error).__name__,
+            }
+        return {
+            "healthy": bool(leader) and breaker.state is not BreakerState.OPEN,
+            "initialized": True,
+            "latency_ms": latency_ms,
+            "leader": leader or None,
+            "breaker": breaker.state.value,
+        }
+
+
+def _on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
+    level = 30 if new is BreakerState.OPEN else 20  # WARNING when it opens, else INFO
+    handler_log.log(
+        level,
+        "circuit breaker %s: %s -> %s",
+        name,
+        old.value,
+        new.value,
+        extra={"target": name, "breaker_from": old.value, "breaker_to": new.value},
+    )
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
+def _new_correlation_id() -> UUID:
+    """A random version-4 UUID without a syscall and without ``UUID.__init__``.
+
+    ``uuid.uuid4()`` reads os.urandom, which releases the GIL; getting it back behind busy
+    worker threads cost ~100 µs per envelope in profiles. Correlation IDs need uniqueness,
+    not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
+    bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
+    """
+    value = object.__new__(UUID)
+    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
+    return value

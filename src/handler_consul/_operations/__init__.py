@@ -1,0 +1,76 @@
+"""The dispatch table: operation name -> payload model, function, idempotency rule.
+
+Adding an operation touches this table, one payload model and one function. The functions
+are synchronous and run in a worker thread through :func:`call_operation`; they raise the
+transport's errors (or, for a response it cannot parse, python-consul2's), which the retry
+loop translates at one boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from handler_consul._client import ConsulClient
+from handler_consul._operations.kv import (
+    KvGetPayload,
+    KvPutPayload,
+    kv_get,
+    kv_put,
+    kv_put_is_idempotent,
+)
+from handler_consul._operations.service import (
+    DeregisterPayload,
+    RegisterPayload,
+    deregister,
+    register,
+)
+
+__all__ = ["OPERATIONS", "Operation", "call_leader", "call_operation"]
+
+
+def _always(_payload: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """How to run one operation."""
+
+    name: str
+    payload_model: type[BaseModel]
+    run: Callable[[ConsulClient, Any], Mapping[str, Any]]
+    # Whether an attempt whose outcome is unknown (sent, then no answer) may be re-sent.
+    idempotent: Callable[[Any], bool] = _always
+
+
+OPERATIONS: Mapping[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation("consul.register", RegisterPayload, register),
+        Operation("consul.deregister", DeregisterPayload, deregister),
+        Operation("consul.kv_get", KvGetPayload, kv_get),
+        Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
+    )
+}
+
+
+def call_operation(
+    client: ConsulClient, operation: Operation, payload: Any, timeout: float
+) -> Mapping[str, Any]:
+    """What a worker thread runs: the operation, its requests bounded by the time left."""
+    client.http.set_request_timeout(timeout)
+    return operation.run(client, payload)
+
+
+def call_leader(client: ConsulClient, timeout: float) -> str:
+    """What a worker runs for initialize() and health_check(): GET /v1/status/leader.
+
+    It needs no ACL permission, so a token scoped to its own keys still initializes.
+    """
+    client.http.set_request_timeout(timeout)
+    leader = client.status.leader()
+    return leader if isinstance(leader, str) else ""

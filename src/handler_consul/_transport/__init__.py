@@ -1,0 +1,20 @@
+"""HTTP to Consul: the transport python-consul2's endpoint classes run over, and its errors."""
+
+from handler_consul._transport.blocking import ConsulTransport, TransportConfig
+from handler_consul._transport.errors import (
+    HTTPStatusError,
+    ResponseTooLarge,
+    TransportConnectionError,
+    TransportError,
+    TransportTimeout,
+)
+
+__all__ = [
+    "ConsulTransport",
+    "HTTPStatusError",
+    "ResponseTooLarge",
+    "TransportConfig",
+    "TransportConnectionError",
+    "TransportError",
+    "TransportTimeout",
+]
