@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "_version": 0,
     "_clock": 0,
     "_errors": 0,
-    "_validation": 1,
+    "_validation": 0,
     "_settings": 1,
     "_envelope": 1,
     "_log": 1,

@@ -126,7 +126,7 @@ async def test_register_without_service_id_uses_the_name(handler, consul_agent):
 async def test_register_interval_checks(handler, consul_agent, kind, check_type):
     sid = uniq(kind)
     target = {
-        "http": f"{consul_agent.url}/v1/status/leader",
+        "http": "http://127.0.0.1:9/health",
         "tcp": consul_agent.http_addr,
         "grpc": f"{consul_agent.http_addr}/health",
     }[kind]
@@ -142,7 +142,7 @@ async def test_register_interval_checks(handler, consul_agent, kind, check_type)
 async def test_register_http_check_method_and_status(handler, consul_agent):
     sid = uniq("httpm")
     check = {
-        "http": f"{consul_agent.url}/v1/status/leader",
+        "http": "http://127.0.0.1:9/health",
         "method": "HEAD",
         "interval": "20s",
         "status": "warning",

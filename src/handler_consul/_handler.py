@@ -31,6 +31,7 @@ from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
 from handler_consul._runtime import Runtime
 from handler_consul._settings import BreakerSettings, ConsulSettings
+from handler_consul._validation import DEFAULT_CHECK_POLICY
 from handler_consul._version import __version__
 
 __all__ = ["HandlerConsul"]
@@ -109,11 +110,13 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         runtime = lifecycle.runtime
         if runtime is not None:
             target, datacenter = runtime.target, runtime.settings.datacenter
+            policy = runtime.check_policy
         else:
             settings = self._base_settings
             target = settings.breaker_name if settings else "consul.default"
             datacenter = settings.datacenter if settings else None
-        operation, payload, env = parse_envelope(envelope, target, datacenter)
+            policy = settings.check_policy if settings else DEFAULT_CHECK_POLICY
+        operation, payload, env = parse_envelope(envelope, target, datacenter, policy)
         correlation_id = env.correlation_id or _new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from handler_consul._envelope import Envelope
 from handler_consul._errors import ContextFields, InfraValidationError, make_context
 from handler_consul._operations import OPERATIONS, Operation
+from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["parse_envelope"]
 
@@ -25,9 +26,15 @@ _LOC_TAGS = frozenset({"str", "bytes", "int", "float", "bool", "dict", "list", "
 
 
 def parse_envelope(
-    envelope: Envelope | Mapping[str, Any], target: str, datacenter: str | None
+    envelope: Envelope | Mapping[str, Any],
+    target: str,
+    datacenter: str | None,
+    policy: CheckPolicy = DEFAULT_CHECK_POLICY,
 ) -> tuple[Operation, Any, Envelope]:
-    """The operation, its validated payload and the envelope, or InfraValidationError."""
+    """The operation, its validated payload and the envelope, or InfraValidationError.
+
+    ``policy`` (from the settings) is what a registered health check may target.
+    """
     problem: InfraValidationError | None = None
     try:
         env = envelope if isinstance(envelope, Envelope) else Envelope.model_validate(envelope)
@@ -47,7 +54,7 @@ def parse_envelope(
             ),
         )
     try:
-        payload = operation.payload_model.model_validate(env.payload)
+        payload = operation.payload_model.model_validate(env.payload, context=policy)
     except ValidationError as exc:
         problem = _validation_error(exc, "payload", operation.name, env, target, datacenter)
     if problem is not None:

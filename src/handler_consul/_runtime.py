@@ -26,6 +26,7 @@ from handler_consul._retry import Attempts, RetryBudget
 from handler_consul._settings import ConsulSettings
 from handler_consul._translate import translate
 from handler_consul._transport import ConsulTransport, TransportConfig
+from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["Runtime", "build_client", "build_runtime"]
 
@@ -44,6 +45,7 @@ class Runtime:
     # Kept out of repr: traceback renderers (Sentry, --showlocals) repr every frame local.
     token: str | None = field(repr=False)
     target: str = ""  # the breaker name, computed once rather than per envelope
+    check_policy: CheckPolicy = DEFAULT_CHECK_POLICY  # likewise, from the settings
     disposed: bool = False
 
     async def probe_leader(self, fields: ContextFields) -> tuple[str, InfraError | None]:
@@ -87,7 +89,16 @@ def build_runtime(
         ratio=retry.budget_ratio, min_retries_per_second=retry.budget_min_per_second, clock=clock
     )
     attempts = Attempts(pool, client, retry, budget, token=token, clock=clock, rng=rng, sleep=sleep)
-    return Runtime(settings, client.http, client, pool, attempts, token, settings.breaker_name)
+    return Runtime(
+        settings,
+        client.http,
+        client,
+        pool,
+        attempts,
+        token,
+        settings.breaker_name,
+        settings.check_policy,
+    )
 
 
 def build_client(settings: ConsulSettings) -> ConsulClient:

@@ -36,17 +36,26 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from handler_consul._errors import ErrorContext, InfraConfigurationError
+from handler_consul._validation import CheckPolicy
 
-__all__ = ["BreakerSettings", "ConsulSettings", "RetrySettings", "load_settings"]
+__all__ = [
+    "BreakerSettings",
+    "CheckSettings",
+    "ConsulSettings",
+    "RetrySettings",
+    "load_settings",
+]
 
 # A host is a DNS name or an IP literal: nothing that could carry a path, a query, user
 # info or a second authority into the base URL.
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -83,6 +92,23 @@ class BreakerSettings(BaseModel):
         1.0, ge=1, le=10, description="Each consecutive re-open multiplies the wait by this."
     )
     max_reset_timeout_seconds: float = Field(300.0, gt=0, le=86400)
+
+
+class CheckSettings(BaseModel):
+    """What a registered health check may make the agent do (docs/patterns/security_patterns.md).
+
+    The agent runs HTTP checks itself: a check aimed at the Consul API with PUT could
+    deregister services or write keys. The defaults allow neither.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_methods: frozenset[Literal["GET", "HEAD", "POST", "PUT"]] = Field(
+        frozenset({"GET", "HEAD"}), min_length=1, description="HTTP methods a check may use."
+    )
+    allow_consul_api: bool = Field(
+        False, description="Let checks target /v1/... paths or the Consul agent's own address."
+    )
 
 
 class _ConsulHttpEnvSource(PydanticBaseSettingsSource):
@@ -177,6 +203,7 @@ class ConsulSettings(BaseSettings):
     verify_tls: bool = Field(True, validation_alias="CONSUL_HTTP_SSL_VERIFY")
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+    checks: CheckSettings = CheckSettings()
 
     def __init__(self, **values: Any) -> None:
         """Bad settings raise InfraConfigurationError naming the field.
@@ -188,6 +215,8 @@ class ConsulSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             error = _configuration_error(exc)
+        except SettingsError as exc:
+            error = _source_error(exc)
         else:
             return
         raise error
@@ -210,7 +239,7 @@ class ConsulSettings(BaseSettings):
         try:
             ipaddress.ip_address(value)
         except ValueError:
-            if not _HOSTNAME.match(value):
+            if not _HOSTNAME.fullmatch(value):
                 raise ValueError("must be a DNS name or an IP address, nothing more") from None
         return value
 
@@ -222,7 +251,7 @@ class ConsulSettings(BaseSettings):
     @field_validator("datacenter")
     @classmethod
     def _datacenter_name(cls, value: str | None) -> str | None:
-        if value is not None and not _DATACENTER.match(value):
+        if value is not None and not _DATACENTER.fullmatch(value):
             raise ValueError("must be 1-64 letters, digits, '-' or '_'")
         return value
 
@@ -231,10 +260,11 @@ class ConsulSettings(BaseSettings):
     def _token_is_header_safe(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        secret = value.get_secret_value()
-        if any(ch in secret for ch in "\r\n\0") or not secret.isprintable():
-            # The message must not echo the value: it is a secret.
-            raise ValueError("must be printable text without line breaks")
+        # Consul's tokens are printable ASCII. Anything else could not travel in a header
+        # (http.client would fail in the worker, holding the token in the error) or is a
+        # mistake; the message must not echo the value: it is a secret.
+        if not _TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces")
         return value
 
     @field_validator("client_key")
@@ -257,6 +287,16 @@ class ConsulSettings(BaseSettings):
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def check_policy(self) -> CheckPolicy:
+        """The check-target rules payload validation applies (see CheckSettings)."""
+        return CheckPolicy(
+            consul_host=self.host,
+            consul_port=self.port,
+            allowed_methods=frozenset(self.checks.allowed_methods),
+            allow_consul_api=self.checks.allow_consul_api,
+        )
 
     def public_dict(self) -> dict[str, Any]:
         """The settings without secrets, for describe() and logs."""
@@ -288,6 +328,22 @@ def load_settings(
 
 
 _ALIASES = {"CONSUL_TIMEOUT": "timeout_seconds", "CONSUL_HTTP_SSL_VERIFY": "verify_tls"}
+
+
+def _source_error(exc: SettingsError) -> InfraConfigurationError:
+    """A variable pydantic-settings could not parse (CONSUL_RETRY='{not json'): name it.
+
+    pydantic-settings says 'error parsing value for field "retry" from source ...'; the raw
+    value is in the chained cause and is not carried along.
+    """
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else "settings"
+    variable = f"CONSUL_{field.upper()}"
+    return InfraConfigurationError(
+        f"invalid Consul setting {field!r}: environment variable {variable} "
+        "could not be parsed (it must be JSON)",
+        context=ErrorContext(category="configuration", field=field),
+    )
 
 
 def _configuration_error(exc: ValidationError) -> InfraConfigurationError:

@@ -10,19 +10,23 @@ endpoint the operation did not mean; refused input never reaches Consul.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
+from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator
 
 __all__ = [
+    "DEFAULT_CHECK_POLICY",
     "MAX_KEY_LENGTH",
     "MAX_META_KEY_LENGTH",
     "MAX_META_PAIRS",
     "MAX_META_VALUE_LENGTH",
     "MAX_VALUE_BYTES",
     "UINT64_MAX",
+    "CheckPolicy",
     "Duration",
     "KvKey",
     "KvPrefix",
@@ -31,7 +35,9 @@ __all__ = [
     "ServiceName",
     "SessionId",
     "Tag",
+    "Text",
     "check_meta",
+    "check_text",
 ]
 
 # Consul's default kv_max_value_size (limits.kv_max_value_size) is 512 KiB.
@@ -64,8 +70,20 @@ _PLAIN_KEY = re.compile(
 )
 
 
+# A lone surrogate is a str that no UTF-8 encoder accepts: it would fail in the worker, or
+# be stored as U+FFFD by Consul after JSON escaping. Refused where it is typed in.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _printable(value: str) -> bool:
     return value.isprintable()
+
+
+def check_text(value: str) -> str:
+    """Any text that must survive the trip to Consul unchanged: no lone surrogates."""
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate)")
+    return value
 
 
 def _check_key_segments(value: str, *, allow_empty: bool) -> str:
@@ -116,7 +134,7 @@ def _prefix(value: str) -> str:
 
 
 def _service_id(value: str) -> str:
-    if not _SERVICE_ID.match(value) or ".." in value:
+    if not _SERVICE_ID.fullmatch(value) or ".." in value:
         raise ValueError(
             "must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-', "
             "starting with a letter or digit, without '..'"
@@ -125,7 +143,7 @@ def _service_id(value: str) -> str:
 
 
 def _service_name(value: str) -> str:
-    if not _SERVICE_NAME.match(value) or ".." in value:
+    if not _SERVICE_NAME.fullmatch(value) or ".." in value:
         raise ValueError(
             "must be 1-128 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, without '..'"
@@ -137,7 +155,7 @@ def _address(value: str) -> str:
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        if not _HOSTNAME.match(value):
+        if not _HOSTNAME.fullmatch(value):
             raise ValueError("must be an IP address or a DNS name") from None
         return value
     if ip.is_unspecified:
@@ -146,13 +164,13 @@ def _address(value: str) -> str:
 
 
 def _session(value: str) -> str:
-    if not _SESSION_ID.match(value):
+    if not _SESSION_ID.fullmatch(value):
         raise ValueError("must be a session UUID")
     return value
 
 
 def _duration(value: str) -> str:
-    if not _DURATION.match(value):
+    if not _DURATION.fullmatch(value):
         raise ValueError("must be a Go duration such as '10s', '500ms' or '1m30s'")
     return value
 
@@ -168,12 +186,14 @@ def check_meta(meta: dict[str, str]) -> dict[str, str]:
     if len(meta) > MAX_META_PAIRS:
         raise ValueError(f"must have at most {MAX_META_PAIRS} pairs")
     for key, value in meta.items():
-        if not _META_KEY.match(key):
+        if not _META_KEY.fullmatch(key):
             raise ValueError(f"key {key!r} must be 1-128 letters, digits, '_' or '-'")
         if key.startswith("consul-"):
             raise ValueError(f"key {key!r} uses the reserved 'consul-' prefix")
         if len(value) > MAX_META_VALUE_LENGTH:
             raise ValueError(f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} characters")
+        if _SURROGATE.search(value):
+            raise ValueError(f"value of {key!r} contains a lone surrogate")
     return meta
 
 
@@ -185,3 +205,70 @@ ServiceAddress = Annotated[str, AfterValidator(_address)]
 SessionId = Annotated[str, AfterValidator(_session)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Tag = Annotated[str, AfterValidator(_tag)]
+Text = Annotated[str, AfterValidator(check_text)]
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPolicy:
+    """What a registered health check may point the agent at.
+
+    The agent runs a check's HTTP request itself, with its own network position: a check
+    aimed at ``/v1/agent/service/deregister/<id>`` with ``PUT`` deregisters a live service, one
+    aimed at ``/v1/kv/...`` writes a key. By default a check may not target the Consul API
+    (any ``/v1`` path, or the configured Consul address) and may only GET or HEAD.
+    """
+
+    consul_host: str = "localhost"
+    consul_port: int = 8500
+    allowed_methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    allow_consul_api: bool = False
+
+    def check_url(self, url: str) -> str:
+        if self.allow_consul_api:
+            return url
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        host = (parts.hostname or "").lower().rstrip(".")
+        consul = self.consul_host.lower().rstrip(".")
+        same_host = host == consul or (_is_loopback(host) and _is_loopback(consul))
+        if same_host and port == self.consul_port:
+            raise ValueError(
+                "must not target the Consul agent's own address (set checks.allow_consul_api "
+                "to allow it)"
+            )
+        # Decode as the agent's server will, then normalise as a router would: '//v1',
+        # '/./v1', '/%76%31/' and '/x/../v1' all reach the API.
+        path = unquote(unquote(parts.path))
+        path = posixpath.normpath(re.sub("/+", "/", "/" + path))
+        if path == "/v1" or path.startswith("/v1/"):
+            raise ValueError(
+                "must not target a Consul API path (/v1/...); set checks.allow_consul_api "
+                "to allow it"
+            )
+        return url
+
+    def check_method(self, method: str) -> str:
+        if method not in self.allowed_methods:
+            allowed = ", ".join(sorted(self.allowed_methods))
+            raise ValueError(
+                f"must be one of {allowed} (widen it with the checks.allowed_methods setting)"
+            )
+        return method
+
+
+DEFAULT_CHECK_POLICY = CheckPolicy()

@@ -36,6 +36,10 @@ def _always(_payload: Any) -> bool:
     return True
 
 
+def _never(_payload: Any) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """How to run one operation."""
@@ -51,7 +55,9 @@ OPERATIONS: Mapping[str, Operation] = {
     op.name: op
     for op in (
         Operation("consul.register", RegisterPayload, register),
-        Operation("consul.deregister", DeregisterPayload, deregister),
+        # Not re-sent after an unknown outcome: a second DELETE answers 404 whether or not
+        # the first removed the service, so ``deregistered`` would be a guess.
+        Operation("consul.deregister", DeregisterPayload, deregister, _never),
         Operation("consul.kv_get", KvGetPayload, kv_get),
         Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
     )

@@ -21,6 +21,7 @@ from handler_consul._validation import (
     KvKey,
     KvPrefix,
     SessionId,
+    check_text,
 )
 
 __all__ = [
@@ -101,6 +102,8 @@ class KvPutPayload(BaseModel):
         encoding = info.data.get("encoding", "utf-8")
         if isinstance(value, bytes) and encoding != "utf-8":
             raise ValueError("encoding applies to text values only; bytes are sent as they are")
+        if isinstance(value, str):
+            check_text(value)
         # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
         # here (kv_put encodes it once, for the request).
         short_text = (

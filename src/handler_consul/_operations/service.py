@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from handler_consul._client import ConsulClient
 from handler_consul._validation import (
+    DEFAULT_CHECK_POLICY,
+    CheckPolicy,
     Duration,
     ServiceAddress,
     ServiceId,
     ServiceName,
     Tag,
+    Text,
     check_meta,
 )
 
@@ -46,12 +58,22 @@ class HealthCheck(BaseModel):
     interval: Duration | None = None
     timeout: Duration | None = None
     deregister_critical_service_after: Duration | None = None
-    name: str | None = Field(None, min_length=1, max_length=128)
-    notes: str | None = Field(None, max_length=1024)
+    name: Text | None = Field(None, min_length=1, max_length=128)
+    notes: Text | None = Field(None, max_length=1024)
     status: Literal["passing", "warning", "critical"] | None = None
     method: Literal["GET", "HEAD", "POST", "PUT"] | None = None
     tls_skip_verify: bool | None = None
     grpc_use_tls: bool | None = None
+
+    @field_validator("http")
+    @classmethod
+    def _http_target(cls, url: str | None, info: ValidationInfo) -> str | None:
+        return None if url is None else _policy(info).check_url(url)
+
+    @field_validator("method")
+    @classmethod
+    def _allowed_method(cls, method: str | None, info: ValidationInfo) -> str | None:
+        return None if method is None else _policy(info).check_method(method)
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthCheck:
@@ -87,6 +109,12 @@ class HealthCheck(BaseModel):
             "grpc_use_tls": "GRPCUseTLS",
         }
         return {names[k]: v for k, v in self.model_dump(exclude_none=True).items()}
+
+
+def _policy(info: ValidationInfo) -> CheckPolicy:
+    """The handler passes its policy (built from the settings) as the validation context."""
+    context = info.context
+    return context if isinstance(context, CheckPolicy) else DEFAULT_CHECK_POLICY
 
 
 class ServiceWeights(BaseModel):

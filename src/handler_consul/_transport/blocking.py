@@ -240,11 +240,12 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
             return self._request(method, path, params, data)
         except TransportError as exc:
             error = exc
-        # Raised outside the except block: no __context__ links to stdlib frames whose locals
-        # hold the request bytes (token included), for locals-capturing error trackers.
+        # Raised outside the except block and without its traceback so far: no __context__
+        # links to stdlib frames, and no frame of this module, whose locals hold the request
+        # bytes or the header dict (token included), for locals-capturing error trackers.
         error.__suppress_context__ = True
         error.__context__ = None
-        raise error
+        raise error.with_traceback(None)
 
     def _request(
         self, method: str, path: str, params: Params, data: str | bytes | None
