@@ -224,7 +224,8 @@ def make_context(
     request_sent: bool = False,
     outcome_unknown: bool = False,
 ) -> ErrorContext:
-    """The single context factory: every InfraError the handler raises is built with it."""
+    """The context factory for every error about an envelope or a call (configuration errors,
+    which precede both, carry a bare ErrorContext naming the setting)."""
     return ErrorContext.model_construct(
         transport="consul",
         operation=fields.operation,

@@ -171,8 +171,7 @@ class Lifecycle:
         async with self._lock:
             runtime = self.runtime
             if runtime is None:
-                if self.state != "new":
-                    self.state = "shut_down"
+                self.state = "shut_down"
                 return
             self.state = "shutting_down"
             runtime.attempts.closing = True

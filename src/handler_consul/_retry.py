@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -219,8 +220,16 @@ class Attempts:
             attempt += 1
             call_started = clock()
             try:
+                # The worker's requests end by the same instant the caller stops waiting; on
+                # the real monotonic clock, whatever clock the loop is driven by.
+                request_deadline = time.monotonic() + remaining
                 result = await self.pool.run(
-                    call_operation, self.client, operation, payload, remaining, timeout=remaining
+                    call_operation,
+                    self.client,
+                    operation,
+                    payload,
+                    request_deadline,
+                    timeout=remaining,
                 )
             except _UNCOUNTED:
                 permit.ignore()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,7 +53,8 @@ class Runtime:
         """GET /v1/status/leader in the pool: the leader's address, or the translated error."""
         timeout = self.settings.timeout_seconds
         try:
-            leader = await self.pool.run(call_leader, self.client, timeout, timeout=timeout)
+            deadline = time.monotonic() + timeout
+            leader = await self.pool.run(call_leader, self.client, deadline, timeout=timeout)
         except _UNCOUNTED:
             raise
         except BaseException as exc:  # translated: the caller decides whether to raise it

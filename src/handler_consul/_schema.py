@@ -2,7 +2,7 @@
 
 Everything here is built from the dispatch table, so a new operation shows up without an
 edit: its envelope from ``Operation.payload_model``, its result from the return annotation
-of ``Operation.run`` (the TypedDicts in :mod:`handler_consul.operations`).
+of ``Operation.run`` (the TypedDicts in :mod:`handler_consul._operations`).
 
 - ``envelope``: a discriminated union on ``operation``, one variant per operation, whose
   ``payload`` is that operation's strict payload model.

@@ -10,7 +10,7 @@ Precedence, highest first, decided per field:
 
 Level 3 is a settings source of its own placed below the environment source, so pydantic's
 merge gives that order without any special-casing. python-consul2 reads the same variables
-in its constructor and lets them win; :mod:`handler_consul.client` never runs that
+in its constructor and lets them win; :mod:`handler_consul._client` never runs that
 constructor, so what is resolved here is what is used.
 """
 

@@ -65,18 +65,19 @@ OPERATIONS: Mapping[str, Operation] = {
 
 
 def call_operation(
-    client: ConsulClient, operation: Operation, payload: Any, timeout: float
+    client: ConsulClient, operation: Operation, payload: Any, deadline: float
 ) -> Mapping[str, Any]:
-    """What a worker thread runs: the operation, its requests bounded by the time left."""
-    client.http.set_request_timeout(timeout)
+    """What a worker thread runs: the operation, its requests bounded by the envelope's
+    deadline (an absolute ``time.monotonic()`` instant, so a wait in the queue counts)."""
+    client.http.set_request_deadline(deadline)
     return operation.run(client, payload)
 
 
-def call_leader(client: ConsulClient, timeout: float) -> str:
+def call_leader(client: ConsulClient, deadline: float) -> str:
     """What a worker runs for initialize() and health_check(): GET /v1/status/leader.
 
     It needs no ACL permission, so a token scoped to its own keys still initializes.
     """
-    client.http.set_request_timeout(timeout)
+    client.http.set_request_deadline(deadline)
     leader = client.status.leader()
     return leader if isinstance(leader, str) else ""

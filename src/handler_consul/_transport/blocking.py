@@ -136,14 +136,19 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     # -- per-request timeout ------------------------------------------------------------
 
-    def set_request_timeout(self, seconds: float | None) -> None:
-        """Bound the requests this thread makes next (the envelope's remaining time)."""
-        self._local.timeout = seconds
+    def set_request_deadline(self, deadline: float | None) -> None:
+        """Bound the requests this thread makes next by an absolute ``time.monotonic()``
+        instant (the envelope's deadline): time spent waiting for a worker counts too."""
+        self._local.deadline = deadline
 
-    def _timeout(self) -> float:
-        timeout: float | None = getattr(self._local, "timeout", None)
+    def _deadline(self) -> tuple[float, float]:
+        """This request's absolute deadline, and the timeout it amounts to (for messages)."""
+        now = time.monotonic()
         configured: float = self.config.timeout
-        return configured if timeout is None else min(timeout, configured)
+        deadline: float | None = getattr(self._local, "deadline", None)
+        if deadline is None or deadline > now + configured:
+            return now + configured, configured
+        return deadline, max(deadline - now, 0.0)
 
     # -- consul.base.HTTPClient ----------------------------------------------------------
     # The ``headers`` python-consul2 passes would only ever carry its own token, which the
@@ -255,8 +260,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
         headers = self._base_headers
         if body:
             headers = {**headers, "Content-Type": "application/octet-stream"}
-        timeout = self._timeout()
-        deadline = time.monotonic() + timeout
+        deadline, timeout = self._deadline()
         where = f"{method} {path} at {self.config.address}"
         conn, reused = self._checkout()
         while True:
@@ -362,7 +366,7 @@ def _failure(
         return exc
     if isinstance(exc, TimeoutError):
         return TransportTimeout(
-            f"{where}: no complete answer within {timeout:g}s", request_sent=request_sent
+            f"{where}: no complete answer within {timeout:.3g}s", request_sent=request_sent
         )
     if isinstance(exc, OSError | http.client.HTTPException):
         return TransportConnectionError(f"{where}: {_describe(exc)}", request_sent=request_sent)
