@@ -21,6 +21,7 @@ PACKAGE = Path(handler_consul.__file__).resolve().parent
 # -> operations -> client -> transport.
 LAYERS: dict[str, int] = {
     "_version": 0,
+    "_consul": 0,
     "_clock": 0,
     "_errors": 0,
     "_validation": 0,

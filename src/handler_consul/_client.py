@@ -1,6 +1,6 @@
 """python-consul2's API over our transport, wired from the transport alone.
 
-``consul.base.Consul.__init__`` reads ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_SSL``,
+``consul_base.Consul.__init__`` reads ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_SSL``,
 ``CONSUL_HTTP_SSL_VERIFY`` and ``CONSUL_HTTP_TOKEN`` and lets them override what it is given,
 and it constructs the legacy-ACL endpoint, which emits a DeprecationWarning. The handler's
 settings already resolved those variables with the documented precedence, so the client
@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import consul.base
-
+from handler_consul._consul import consul_base
 from handler_consul._transport import ConsulTransport, HTTPStatusError
 
 __all__ = ["ConsulClient"]
 
 
-class ConsulClient(consul.base.Consul):  # type: ignore[misc]  # python-consul2 ships no types
+class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 ships no types
     """The endpoints the operations use: kv, agent, status."""
 
     def __init__(self, transport: ConsulTransport, *, datacenter: str | None) -> None:
@@ -31,9 +30,9 @@ class ConsulClient(consul.base.Consul):  # type: ignore[misc]  # python-consul2 
         self.dc = datacenter
         self.consistency = "default"
         self.scheme = transport.scheme
-        self.kv = consul.base.Consul.KV(self)
-        self.agent = consul.base.Consul.Agent(self)
-        self.status = consul.base.Consul.Status(self)
+        self.kv = consul_base.Consul.KV(self)
+        self.agent = consul_base.Consul.Agent(self)
+        self.status = consul_base.Consul.Status(self)
 
     def __repr__(self) -> str:
         return f"ConsulClient({self.http!r}, datacenter={self.dc!r})"
@@ -53,7 +52,7 @@ class ConsulClient(consul.base.Consul):  # type: ignore[misc]  # python-consul2 
 
 
 def _require_ok(method: str, path: str) -> Any:
-    def callback(response: consul.base.Response) -> None:
+    def callback(response: consul_base.Response) -> None:
         if response.code != 200:
             raise HTTPStatusError(response.code, response.body, method=method, path=path)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import consul.base
-
+from handler_consul._consul import consul_base
 from handler_consul._errors import (
     ContextFields,
     InfraAuthenticationError,
@@ -70,7 +69,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], _Entry], ...] = (
     (PoolSaturated, (InfraUnavailableError, "{op}: all Consul workers busy ({exc})", _no, _no)),
     (PoolClosed, (InfraUnavailableError, "{op}: HandlerConsul {exc}", _sent, _sent)),
     # python-consul2 raises NotFound itself only for endpoints that refuse a 404 answer.
-    (consul.base.NotFound, (InfraConsulError, "{op}: Consul answered 404", _yes, _no)),
+    (consul_base.NotFound, (InfraConsulError, "{op}: Consul answered 404", _yes, _no)),
 )
 
 
@@ -136,7 +135,7 @@ def translate(
             error_class, template, sent_rule, unknown_rule = entry
             message = template.format(op=op, exc=exc)
             sent, unknown = sent_rule(exc), unknown_rule(exc)
-            if isinstance(exc, consul.base.NotFound):
+            if isinstance(exc, consul_base.NotFound):
                 status = 404
 
     if token and token in message:

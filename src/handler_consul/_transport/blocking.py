@@ -33,8 +33,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from consul.base import HTTPClient, Response
-
+from handler_consul._consul import consul_base
 from handler_consul._transport.errors import (
     HTTPStatusError,
     ResponseTooLarge,
@@ -96,7 +95,8 @@ class TransportConfig:
         self.address = f"{scheme}://{shown}:{port}"
 
 
-class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships no types
+# python-consul2 ships no types, hence the ignore.
+class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
     """A ``consul.base.HTTPClient`` that python-consul2's endpoint classes call into.
 
     The SSL context is built by the caller (a missing CA file is a configuration error,
@@ -156,7 +156,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     def get(
         self,
-        callback: Callable[[Response], T],
+        callback: Callable[[consul_base.Response], T],
         path: str,
         params: Params = None,
         headers: Mapping[str, str] | None = None,
@@ -165,7 +165,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     def put(
         self,
-        callback: Callable[[Response], T],
+        callback: Callable[[consul_base.Response], T],
         path: str,
         params: Params = None,
         data: str | bytes | None = "",
@@ -175,7 +175,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     def delete(
         self,
-        callback: Callable[[Response], T],
+        callback: Callable[[consul_base.Response], T],
         path: str,
         params: Params = None,
         data: str | bytes | None = "",
@@ -185,7 +185,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     def post(
         self,
-        callback: Callable[[Response], T],
+        callback: Callable[[consul_base.Response], T],
         path: str,
         params: Params = None,
         data: str | bytes | None = "",
@@ -239,7 +239,9 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
             target = f"{target}?{urlencode(params)}"
         return target
 
-    def request(self, method: str, path: str, params: Params, data: str | bytes | None) -> Response:
+    def request(
+        self, method: str, path: str, params: Params, data: str | bytes | None
+    ) -> consul_base.Response:
         """One request under one deadline: a Response, or a TransportError from nothing."""
         try:
             return self._request(method, path, params, data)
@@ -254,7 +256,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
 
     def _request(
         self, method: str, path: str, params: Params, data: str | bytes | None
-    ) -> Response:
+    ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
         headers = self._base_headers
@@ -297,7 +299,7 @@ class ConsulTransport(HTTPClient):  # type: ignore[misc]  # python-consul2 ships
         status = response.status
         if status >= 400 and status != 404:
             raise HTTPStatusError(status, _text(content), method=method, path=path)
-        return Response(status, response.headers, _text(content), content)
+        return consul_base.Response(status, response.headers, _text(content), content)
 
     def _receive(
         self, conn: http.client.HTTPConnection, deadline: float, where: str
