@@ -1,4 +1,4 @@
-"""Harness fixtures: real Consul agents, a cluster, toxiproxy and a counting proxy.
+"""Fixtures: real Consul agents, a cluster, toxiproxy, proxies, and handlers under test.
 
 Fixtures (all start real processes on 127.0.0.1; all are stopped at session end):
 
@@ -13,12 +13,27 @@ Fixtures (all start real processes on 127.0.0.1; all are stopped at session end)
 - ``toxiproxy_server`` (session), ``toxiproxy_for(agent_or_addr) -> Toxiproxy`` (function
   factory), ``toxiproxy`` (function, in front of ``consul_agent``).
 - ``counting_proxy`` (function, in front of ``consul_agent``), ``counting_proxy_for``.
+- ``small_value_agent`` (1 KiB values, so 413) and ``two_connection_agent`` (429 past two
+  connections per client): private dev agents with one limit set.
+
+Product fixtures (helpers are in tests/support/, imported as ``support``):
+
+- ``clean_consul_env``: no CONSUL_* variable of the developer's shell reaches a test.
+- ``make_handler(target, **settings)`` with the product defaults, ``handler`` (on the shared
+  agent), ``make_tuned_handler(target, **over)`` with ``support.tuned`` settings (quick
+  timeouts, millisecond backoff, a breaker that only opens when the test says so).
+- ``dead_port``: a reserved loopback port nothing listens on.
+- ``debug_logs`` / ``info_logs``: a ``support.LogCollector`` on the root logger.
+- ``gates`` and ``make_pool(workers, ...)``: a BoundedThreadPool whose workers the test holds.
+- the misbehaving HTTP servers at the end of this file.
 
 A failing test gets each live harness process's log tail attached to its report.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -92,6 +107,13 @@ def _describe(kind: str, found: str | BinaryUnavailable) -> str:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The Consul and toxiproxy versions in use (without building anything here)."""
     return [_describe(kind, _lookup(kind, build=False)).splitlines()[0] for kind in _KINDS]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs a Consul agent (through any fixture) is marked ``consul``."""
+    for item in items:
+        if "consul_bin" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.consul)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -243,9 +265,9 @@ def counting_proxy(
 
 # ---- product fixtures below ----
 
-# Fixtures for the product tests (tests/test_operations.py and friends). Each handler made
-# here is shut down at the end of its test; ``clean_consul_env`` removes every variable the
-# settings (or python-consul2) would read, so a developer's shell cannot change a result.
+# Fixtures for the product tests. Each handler made here is shut down at the end of its test;
+# ``clean_consul_env`` removes every variable the settings (or python-consul2) would read, so a
+# developer's shell cannot change a result.
 CONSUL_ENV_VARS = (
     "CONSUL_HOST",
     "CONSUL_PORT",
@@ -312,6 +334,125 @@ def dead_port() -> Iterator[int]:
     (port,) = harness.allocate_ports(1)
     yield port
     harness.release_ports([port])
+
+
+@pytest.fixture
+async def make_tuned_handler(clean_consul_env: None) -> Any:
+    """Factory: ``await make_tuned_handler(target, *, init=True, clock=, rng=, sleep=, **over)``.
+
+    The handler is initialized with ``support.tuned(target, **over)``: a 2 s timeout, four
+    workers, backoff in milliseconds and a breaker threshold of 100 (nested overrides merge).
+    ``clock``, ``rng`` and ``sleep`` go to the constructor; ``init=False`` leaves it to the test.
+    """
+    from support import tuned
+
+    from handler_consul import HandlerConsul
+
+    made: list[HandlerConsul] = []
+
+    async def make(target: Any, *, init: bool = True, **kwargs: Any) -> HandlerConsul:
+        ctor = {k: kwargs.pop(k) for k in ("clock", "rng", "sleep") if k in kwargs}
+        handler = HandlerConsul(**ctor)
+        made.append(handler)
+        if init:
+            await handler.initialize(tuned(target, **kwargs))
+        return handler
+
+    yield make
+    for handler in made:
+        await asyncio.wait_for(handler.shutdown(), 10)
+
+
+@pytest.fixture
+def small_value_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    """A private dev agent whose ``kv_max_value_size`` is 1 KiB: a larger value earns a 413."""
+    agent = ConsulAgent(
+        consul_bin,
+        name="small-kv",
+        base_dir=tmp_path,
+        extra_config={"limits": {"kv_max_value_size": 1024}},
+    )
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def two_connection_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    """A private dev agent that answers 429 to a client IP holding more than two connections."""
+    agent = ConsulAgent(
+        consul_bin,
+        name="two-conns",
+        base_dir=tmp_path,
+        extra_config={"limits": {"http_max_conns_per_client": 2}},
+    )
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[Any]:
+    """A ``support.LogCollector`` of every record from every logger, ``handler_consul`` at DEBUG."""
+    from support import install_log_collector
+
+    collector, undo = install_log_collector(logging.DEBUG)
+    try:
+        yield collector
+    finally:
+        undo()
+
+
+@pytest.fixture
+def info_logs() -> Iterator[Any]:
+    """A ``support.LogCollector`` of every record, with ``handler_consul`` at INFO."""
+    from support import install_log_collector
+
+    collector, undo = install_log_collector(logging.INFO)
+    try:
+        yield collector
+    finally:
+        undo()
+
+
+@pytest.fixture
+def gates() -> Iterator[Any]:
+    """``support.Gates`` that hold pool workers; every gate is released when the test ends."""
+    from support import Gates
+
+    made = Gates()
+    yield made
+    made.release_all()
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_pool(workers, *, max_wait=5.0, max_queued=1000, name=...)`` -> a
+    ``BoundedThreadPool``, closed when the test ends."""
+    from handler_consul._pool import BoundedThreadPool
+
+    made: list[BoundedThreadPool] = []
+
+    def make(
+        workers: int,
+        *,
+        max_wait: float = 5.0,
+        max_queued: int = 1000,
+        name: str = "handler-consul-pooltest",
+    ) -> BoundedThreadPool:
+        pool = BoundedThreadPool(
+            workers, max_wait_seconds=max_wait, max_queued=max_queued, name=name
+        )
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close()
 
 
 # ---- misbehaving servers (tests/harness/misbehaving.py) ----------------------------------

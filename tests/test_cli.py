@@ -1,95 +1,31 @@
-"""``handler-consul`` as a user runs it: a subprocess against real agents."""
+"""``handler-consul`` as a user runs it: a subprocess against real agents (``demo`` is in
+tests/test_cli_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import AclConsulAgent, ConsulAgent
+from support import CLI, agent_env, clean_env, cli, kv_get, kv_put, uniq
 
 from handler_consul._schema import envelope_adapter, response_adapter
-
-CLI = [sys.executable, "-m", "handler_consul.cli"]
-# Everything that could point the CLI at a Consul or hand it a token; each test sets its own.
-_SCRUBBED = ("CONSUL_", "HANDLER_CONSUL_")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
-    env.update(extra)
-    return env
-
-
-def agent_env(agent: ConsulAgent, **extra: str) -> dict[str, str]:
-    return clean_env(CONSUL_HOST=agent.host, CONSUL_PORT=str(agent.port), **extra)
-
-
-def cli(
-    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def kv_put(key: str, value: str, **extra: Any) -> dict[str, Any]:
-    return {"operation": "consul.kv_put", "payload": {"key": key, "value": value}, **extra}
-
-
-def kv_get(key: str, **extra: Any) -> dict[str, Any]:
-    return {"operation": "consul.kv_get", "payload": {"key": key}, **extra}
-
-
-def uniq(prefix: str = "cli") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def consul_processes_in(directory: Path) -> list[str]:
-    """Command lines of live ``consul`` processes whose arguments point into ``directory``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if Path(argv[0]).name == "consul" and any(str(directory) in arg for arg in argv):
-            found.append(f"{proc.name}: {' '.join(argv)}")
-    return found
-
 
 # -- exec ------------------------------------------------------------------------------------
 
 
 def test_exec_prints_the_response_and_exits_0(consul_agent: ConsulAgent) -> None:
     env = agent_env(consul_agent)
-    key = f"{uniq()}/greeting"
+    key = f"{uniq('cli')}/greeting"
     correlation_id = str(uuid.uuid4())
 
-    put = cli("exec", json.dumps(kv_put(key, "hi", correlation_id=correlation_id)), env=env)
+    put = cli("exec", json.dumps({**kv_put(key, "hi"), "correlation_id": correlation_id}), env=env)
     got = cli("exec", json.dumps(kv_get(key)), env=env)
 
     assert put.returncode == 0, put.stderr
@@ -105,7 +41,7 @@ def test_exec_reads_the_envelope_from_stdin_or_a_file(
     consul_agent: ConsulAgent, tmp_path: Path
 ) -> None:
     env = agent_env(consul_agent)
-    key = f"{uniq()}/k"
+    key = f"{uniq('cli')}/k"
     path = tmp_path / "envelope.json"
     path.write_text(json.dumps(kv_put(key, "from-file")))
 
@@ -118,7 +54,10 @@ def test_exec_reads_the_envelope_from_stdin_or_a_file(
 
 def test_exec_failure_prints_the_error_dict_and_exits_1(consul_agent: ConsulAgent) -> None:
     correlation_id = str(uuid.uuid4())
-    envelope = kv_put("../agent/service/deregister/payments", "x", correlation_id=correlation_id)
+    envelope = {
+        **kv_put("../agent/service/deregister/payments", "x"),
+        "correlation_id": correlation_id,
+    }
 
     result = cli("exec", json.dumps(envelope), env=agent_env(consul_agent))
 
@@ -132,9 +71,9 @@ def test_exec_failure_prints_the_error_dict_and_exits_1(consul_agent: ConsulAgen
     assert error["correlation_id"] == correlation_id
 
 
-def test_exec_input_that_is_not_json_exits_2_without_contacting_consul() -> None:
+def test_exec_input_that_is_not_json_exits_2_without_contacting_consul(dead_port: int) -> None:
     # Nothing listens on this port: a parse failure must come before any connection.
-    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(closed_port()))
+    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(dead_port))
 
     result = cli("exec", "{not json", env=env)
 
@@ -144,8 +83,8 @@ def test_exec_input_that_is_not_json_exits_2_without_contacting_consul() -> None
     assert error["context"]["field"] == "envelope"
 
 
-def test_exec_against_an_unreachable_consul_exits_3() -> None:
-    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(closed_port()))
+def test_exec_against_an_unreachable_consul_exits_3(dead_port: int) -> None:
+    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(dead_port))
 
     result = cli("--timeout", "2", "exec", json.dumps(kv_get("a")), env=env)
 
@@ -170,10 +109,10 @@ def test_usage_errors_exit_2_and_there_is_no_token_option() -> None:
 
 
 def test_global_options_override_the_environment_before_or_after_the_command(
-    consul_agent: ConsulAgent,
+    consul_agent: ConsulAgent, dead_port: int
 ) -> None:
     # The environment names a dead port; --host/--port win (initialize's mapping).
-    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(closed_port()))
+    env = clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(dead_port))
     where = ["--host", consul_agent.host, "--port", str(consul_agent.port)]
 
     before = cli(*where, "describe", env=env)
@@ -204,14 +143,14 @@ def test_the_console_script_is_installed(consul_agent: ConsulAgent) -> None:
 
 
 def test_run_answers_every_line_and_exits_1_when_any_failed(consul_agent: ConsulAgent) -> None:
-    prefix = uniq()
+    prefix = uniq("cli")
     ids = [str(uuid.uuid4()) for _ in range(3)]
     lines = [
-        json.dumps(kv_put(f"{prefix}/a", "1", correlation_id=ids[0])),  # 1 ok
-        json.dumps(kv_get(f"{prefix}/a", envelope_id=ids[1])),  # 2 ok
+        json.dumps({**kv_put(f"{prefix}/a", "1"), "correlation_id": ids[0]}),  # 1 ok
+        json.dumps({**kv_get(f"{prefix}/a"), "envelope_id": ids[1]}),  # 2 ok
         "{this is not json",  # 3 malformed
         "",  # 4 blank: skipped, no output
-        json.dumps(kv_put(f"{prefix}/../../x", "1", correlation_id=ids[2])),  # 5 refused
+        json.dumps({**kv_put(f"{prefix}/../../x", "1"), "correlation_id": ids[2]}),  # 5 refused
         json.dumps({"operation": "consul.nope", "payload": {}}),  # 6 unknown operation
         "[1, 2, 3]",  # 7 not an object
     ]
@@ -241,7 +180,7 @@ def test_run_answers_every_line_and_exits_1_when_any_failed(consul_agent: Consul
 
 
 def test_run_bounded_concurrency_all_ok_exits_0(consul_agent: ConsulAgent, tmp_path: Path) -> None:
-    prefix = uniq()
+    prefix = uniq("cli")
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(kv_put(f"{prefix}/{i}", str(i))) + "\n" for i in range(60)))
 
@@ -267,7 +206,7 @@ def test_run_prints_progress_while_it_works(consul_agent: ConsulAgent) -> None:
         assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        proc.stdin.write(json.dumps(kv_get(uniq())) + "\n")
+        proc.stdin.write(json.dumps(kv_get(uniq("cli"))) + "\n")
         proc.stdin.flush()
         first = proc.stdout.readline()  # answered while the input is still open
         time.sleep(1.0)  # more input may come: progress lines must still appear
@@ -284,9 +223,11 @@ def test_run_prints_progress_while_it_works(consul_agent: ConsulAgent) -> None:
 # -- describe, health, schema ----------------------------------------------------------------
 
 
-def test_describe_after_initialize_and_without_connecting(consul_agent: ConsulAgent) -> None:
+def test_describe_after_initialize_and_without_connecting(
+    consul_agent: ConsulAgent, dead_port: int
+) -> None:
     connected = cli("describe", env=agent_env(consul_agent))
-    offline = cli("describe", "--no-connect", env=clean_env(CONSUL_PORT=str(closed_port())))
+    offline = cli("describe", "--no-connect", env=clean_env(CONSUL_PORT=str(dead_port)))
 
     assert connected.returncode == 0
     info = json.loads(connected.stdout)
@@ -297,13 +238,13 @@ def test_describe_after_initialize_and_without_connecting(consul_agent: ConsulAg
     assert json.loads(offline.stdout)["initialized"] is False
 
 
-def test_health_reports_healthy_and_unhealthy(consul_agent: ConsulAgent) -> None:
+def test_health_reports_healthy_and_unhealthy(consul_agent: ConsulAgent, dead_port: int) -> None:
     healthy = cli("health", env=agent_env(consul_agent))
     dead = cli(
         "--timeout",
         "2",
         "health",
-        env=clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(closed_port())),
+        env=clean_env(CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(dead_port)),
     )
 
     assert healthy.returncode == 0
@@ -342,7 +283,7 @@ def test_schema_is_a_json_schema_with_a_discriminated_union() -> None:
 def test_real_responses_match_the_result_schema(consul_agent: ConsulAgent) -> None:
     env = agent_env(consul_agent)
     service = uniq("svc")
-    prefix = uniq()
+    prefix = uniq("cli")
     envelopes = [
         {"operation": "consul.register", "payload": {"service_id": service, "name": service}},
         kv_put(f"{prefix}/a", "1"),
@@ -383,7 +324,7 @@ def test_the_envelope_schema_accepts_the_contract_envelope() -> None:
 
 def test_debug_logs_carry_the_envelope_fields(consul_agent: ConsulAgent) -> None:
     correlation_id = str(uuid.uuid4())
-    envelope = json.dumps(kv_get(uniq(), correlation_id=correlation_id))
+    envelope = json.dumps({**kv_get(uniq("cli")), "correlation_id": correlation_id})
     env = agent_env(consul_agent)
 
     text = cli("--log-level", "DEBUG", "exec", envelope, env=env)
@@ -401,88 +342,6 @@ def test_debug_logs_carry_the_envelope_fields(consul_agent: ConsulAgent) -> None
     assert json.loads(as_json.stdout)["status"] == "success"
 
 
-# -- demo ------------------------------------------------------------------------------------
-
-_STEPS = [
-    r"1\. consul\.register +ok .* registered",
-    r"2\. consul\.kv_put +ok .* applied=True",
-    r"3\. consul\.kv_get +ok .* = 'hello from handler-consul'",
-    r"4\. consul\.kv_put +refused .*\.\./agent/service/deregister/.*InfraValidationError",
-    r"5\. consul\.deregister +ok .* deregistered=True",
-]
-
-
-def assert_demo_summary(stdout: str) -> None:
-    for pattern in _STEPS:
-        assert re.search(pattern, stdout), f"{pattern!r} not in:\n{stdout}"
-    assert "all steps as expected" in stdout
-
-
-def test_demo_against_a_configured_consul_cleans_up(consul_agent: ConsulAgent) -> None:
-    result = cli("demo", env=agent_env(consul_agent))
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert_demo_summary(result.stdout)
-    assert "throwaway" not in result.stdout
-    services = consul_agent.request("GET", "/v1/agent/services").json()
-    assert not [s for s in services if s.startswith("handler-consul-demo-")]
-    leftovers = consul_agent.request("GET", "/v1/kv/handler-consul-demo/?keys")
-    assert leftovers.status == 404
-
-
-def test_demo_with_nothing_configured_starts_and_stops_its_own_agent(
-    consul_bin: str, tmp_path: Path
-) -> None:
-    # TMPDIR marks the agent's data dir, so any process left behind can be found by it.
-    env = clean_env(CONSUL_BIN=consul_bin, TMPDIR=str(tmp_path))
-
-    result = cli("demo", env=env, timeout=120)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert_demo_summary(result.stdout)
-    match = re.search(
-        r"against http://127\.0\.0\.1:\d+ \(throwaway agent, pid (\d+)\)", result.stdout
-    )
-    assert match, result.stdout
-    assert "stopped the throwaway agent" in result.stdout
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(match.group(1)), 0)
-    assert consul_processes_in(tmp_path) == []
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_demo_stops_its_agent_when_interrupted(consul_bin: str, tmp_path: Path) -> None:
-    env = clean_env(CONSUL_BIN=consul_bin, TMPDIR=str(tmp_path))
-    proc = subprocess.Popen(
-        [*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "starting" in first
-    deadline = time.monotonic() + 30
-    while not consul_processes_in(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = consul_processes_in(tmp_path)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-
-    assert started, "the demo never started its agent"
-    assert proc.returncode == 130, out
-    assert "stopped the throwaway agent" in out
-    assert consul_processes_in(tmp_path) == []
-
-
-def test_demo_without_a_consul_binary_says_how_to_get_one(tmp_path: Path) -> None:
-    env = clean_env(
-        PATH=os.path.dirname(sys.executable), HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path)
-    )
-
-    result = cli("demo", env=env)
-
-    assert result.returncode == 3
-    assert "scripts/consul-bin" in result.stderr
-
-
 # -- the token never shows -------------------------------------------------------------------
 
 
@@ -496,7 +355,7 @@ def assert_absent(secret: str, *results: subprocess.CompletedProcess[str]) -> No
 def test_a_sentinel_token_never_appears_in_cli_output(
     consul_agent: ConsulAgent, acl_agent: AclConsulAgent, tmp_path: Path
 ) -> None:
-    prefix = uniq()
+    prefix = uniq("cli")
     # On the ACL agent: a real token (success) and an unknown one (403).
     good = acl_agent.mint_token(f'key_prefix "{prefix}/" {{ policy = "write" }}')
     sentinel = f"sentinel-{uuid.uuid4()}"

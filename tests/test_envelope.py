@@ -1,13 +1,17 @@
-"""Hot-path constructors that skip pydantic's generic machinery must build the same objects."""
+"""Envelope in, response out: ids echoed or generated, a frozen response with an exact JSON
+wire form, an ``Envelope`` model accepted like a dict; and the hot-path constructors that skip
+pydantic's generic machinery build the same objects validation would."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pydantic
 import pytest
+from support import envelope, uniq
 
-from handler_consul import HandlerResponse
+from handler_consul import Envelope, HandlerResponse
 from handler_consul._handler import _new_correlation_id
 
 
@@ -54,3 +58,72 @@ def test_correlation_ids_are_rfc4122_version_4() -> None:
         assert uuid.UUID(str(value)) == value
         assert value == uuid.UUID(int=value.int, version=4)
         assert hash(value) == hash(uuid.UUID(str(value)))
+
+
+# -- envelope in, response out, through a real agent -----------------------------------------
+
+
+async def test_response_echoes_ids_and_has_a_json_wire_form(handler):
+    key = f"{uniq('resp')}/k"
+    correlation_id = uuid.uuid4()
+    envelope_id = uuid.uuid4()
+    response = await handler.execute(
+        {
+            "operation": "consul.kv_put",
+            "payload": {"key": key, "value": "30"},
+            "correlation_id": str(correlation_id),
+            "envelope_id": str(envelope_id),
+            "timeout_seconds": 5.0,
+        }
+    )
+    assert isinstance(response, HandlerResponse)
+    assert response.correlation_id == correlation_id
+    assert response.envelope_id == envelope_id
+    assert response.attempts == 1
+    assert isinstance(response.duration_ms, float)
+    assert response.duration_ms > 0
+    wire = response.model_dump(mode="json")
+    assert wire == {
+        "status": "success",
+        "operation": "consul.kv_put",
+        "correlation_id": str(correlation_id),
+        "envelope_id": str(envelope_id),
+        "result": {"key": key, "applied": True},
+        "attempts": 1,
+        "duration_ms": response.duration_ms,
+    }
+    assert json.loads(json.dumps(wire)) == wire
+
+
+async def test_correlation_id_is_generated_when_absent(handler):
+    first = await handler.execute(envelope("kv_get", key=f"{uniq('gen')}/k"))
+    second = await handler.execute(envelope("kv_get", key=f"{uniq('gen')}/k"))
+    assert isinstance(first.correlation_id, uuid.UUID)
+    assert first.correlation_id.version == 4
+    assert first.correlation_id != second.correlation_id
+    assert first.envelope_id is None
+    assert first.model_dump(mode="json")["envelope_id"] is None
+
+
+async def test_response_is_frozen(handler):
+    response = await handler.execute(envelope("kv_get", key=f"{uniq('frz')}/k"))
+    with pytest.raises(Exception, match="frozen"):
+        response.attempts = 2  # type: ignore[misc]
+
+
+async def test_envelope_model_works_like_a_dict(handler):
+    key = f"{uniq('model')}/k"
+    correlation_id = uuid.uuid4()
+    put_response = await handler.execute(
+        Envelope(
+            operation="consul.kv_put",
+            payload={"key": key, "value": "from-model"},
+            correlation_id=correlation_id,
+        )
+    )
+    assert put_response.result == {"key": key, "applied": True}
+    assert put_response.correlation_id == correlation_id
+    from_model = await handler.execute(Envelope(operation="consul.kv_get", payload={"key": key}))
+    from_dict = await handler.execute({"operation": "consul.kv_get", "payload": {"key": key}})
+    assert from_model.result == from_dict.result
+    assert from_model.result["value"] == "from-model"

@@ -1,6 +1,6 @@
-"""The handler under real faults (RESILIENCE.md, "Proven against real faults"; issue 5).
+"""The handler under real faults, each under a steady load of envelopes.
 
-1. a dev agent killed and restarted on the same ports under steady load;
+1. a dev agent killed and restarted on the same ports;
 2. toxiproxy adding latency beyond the timeout, resetting connections, black-holing them;
 3. a three-server cluster losing its leader while kv_put envelopes keep coming (the handler
    on a follower, and the handler on the leader itself).
@@ -14,35 +14,34 @@ every acknowledged write reads back, ``consistency: consistent``, with the value
 
 Each test prints one ``FAULT-SUMMARY`` line to the terminal (past pytest's capture) and
 appends it to ``$FAULT_SUMMARY_FILE`` when that is set. Harness calls that block (kill,
-restart, toxiproxy's API) run in a thread so the loop-lag figure is the handler's own.
+restart, toxiproxy's API) run in a thread so the loop-lag figure is the handler's own. The
+load, the watch and the summary are in support/faults.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import statistics
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faults_support import (
-    LagTicker,
-    Load,
-    Outcome,
-    ThreadSampler,
-    TransitionRecorder,
-    emit,
-    in_thread,
-    is_breaker_rejection,
-    summarize,
-    wait_until,
-)
 from harness import ConsulAgent, ConsulCluster, Toxiproxy
+from support import (
+    Load,
+    Watch,
+    emit,
+    fast_rejections,
+    in_thread,
+    kv_mix,
+    puts,
+    read_back,
+    summarize,
+    unique_prefix,
+    wait_until,
+    watching,
+)
 
-from handler_consul import HandlerConsul, InfraError
+from handler_consul import HandlerConsul
 
 pytestmark = [pytest.mark.slow, pytest.mark.consul]
 
@@ -69,79 +68,6 @@ def handler_config(port: int, **over: Any) -> dict[str, Any]:
     }
     config.update(over)
     return config
-
-
-@dataclass
-class Watch:
-    """Everything sampled while a fault test runs."""
-
-    handler: HandlerConsul
-    ticker: LagTicker
-    sampler: ThreadSampler
-    transitions: TransitionRecorder
-    pool_threads_peak: int = 0
-    pool_busy_peak: int = 0
-    states: list[str] = field(default_factory=list)
-
-    def tick(self) -> None:
-        pool = self.handler.describe()["pool"]
-        if pool is not None:
-            self.pool_threads_peak = max(self.pool_threads_peak, pool["threads"])
-            self.pool_busy_peak = max(self.pool_busy_peak, pool["busy"])
-
-    def breaker_state(self) -> str:
-        return str(self.handler.circuit_breaker(None).state.value)
-
-
-@contextlib.asynccontextmanager
-async def watching(handler: HandlerConsul, config: dict[str, Any]) -> AsyncIterator[Watch]:
-    """Start the samplers, then initialize ``handler`` (so its first thread is counted too)."""
-    recorder = TransitionRecorder()
-    with ThreadSampler() as sampler, recorder.installed():
-        watch = Watch(handler, LagTicker(), sampler, recorder)
-        watch.ticker.on_tick = watch.tick
-        watch.ticker.start()
-        try:
-            await handler.initialize(config)
-            yield watch
-        finally:
-            await watch.ticker.stop()
-
-
-@contextlib.contextmanager
-def unique_prefix(name: str) -> Iterator[str]:
-    yield f"faults/{name}/{uuid.uuid4().hex[:10]}"
-
-
-def kv_mix(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
-    """Alternate plain puts and reads of the key just written."""
-
-    def make(i: int) -> tuple[str, dict[str, Any]]:
-        key = f"{prefix}/{i // 2}"
-        if i % 2 == 0:
-            return "consul.kv_put", {"key": key, "value": f"v{i // 2}"}
-        return "consul.kv_get", {"key": key}
-
-    return make
-
-
-def puts(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
-    def make(i: int) -> tuple[str, dict[str, Any]]:
-        return "consul.kv_put", {"key": f"{prefix}/{i}", "value": f"value-{i}"}
-
-    return make
-
-
-def fast_rejections(load: Load) -> list[Outcome]:
-    """Breaker rejections of a first attempt: nothing but the breaker was consulted."""
-    return [
-        o
-        for o in load.outcomes
-        if o.error is not None
-        and is_breaker_rejection(o.error)
-        and isinstance(o.error, InfraError)
-        and o.error.context.attempts == 0
-    ]
 
 
 async def check_common(load: Load, watch: Watch, *, recovered_tail: int) -> None:
@@ -189,14 +115,7 @@ async def test_fault_agent_killed_and_restarted_under_steady_load(
                 await load.run_for(2.0)
                 await check_common(load, watch, recovered_tail=20)
         emit(
-            summarize(
-                "agent-killed-and-restarted",
-                load,
-                ticker=watch.ticker,
-                sampler=watch.sampler,
-                thread_bound=WORKERS,
-                transitions=watch.transitions,
-            ),
+            summarize("agent-killed-and-restarted", load, watch, thread_bound=WORKERS),
             capsys,
         )
     finally:
@@ -238,14 +157,7 @@ async def test_fault_toxiproxy(
                 await load.run_for(1.5)
                 await check_common(load, watch, recovered_tail=20)
         emit(
-            summarize(
-                fault,
-                load,
-                ticker=watch.ticker,
-                sampler=watch.sampler,
-                thread_bound=WORKERS,
-                transitions=watch.transitions,
-            ),
+            summarize(fault, load, watch, thread_bound=WORKERS),
             capsys,
         )
     finally:
@@ -253,30 +165,6 @@ async def test_fault_toxiproxy(
 
 
 # -- 3. the cluster loses its leader ------------------------------------------------------------
-
-
-async def read_back(
-    handler: HandlerConsul, load: Load, *, bound: float = 30.0
-) -> tuple[int, list[str]]:
-    """Every acknowledged write (applied: true), read with consistency "consistent".
-
-    Returns (acknowledged, keys whose value is missing or different).
-    """
-    acked = [o for o in load.outcomes if o.result is not None and o.result["applied"] is True]
-
-    async def check(o: Outcome) -> str | None:
-        response = await handler.execute(
-            {
-                "operation": "consul.kv_get",
-                "payload": {"key": o.payload["key"], "consistency": "consistent"},
-                "timeout_seconds": 10.0,
-            }
-        )
-        ok = response.result["found"] and response.result["value"] == o.payload["value"]
-        return None if ok else o.payload["key"]
-
-    results = await asyncio.wait_for(asyncio.gather(*(check(o) for o in acked)), bound)
-    return len(acked), [k for k in results if k is not None]
 
 
 def cluster_config(port: int) -> dict[str, Any]:
@@ -315,10 +203,8 @@ async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
             summarize(
                 "cluster-leader-killed (handler on a follower)",
                 load,
-                ticker=watch.ticker,
-                sampler=watch.sampler,
+                watch,
                 thread_bound=WORKERS,
-                transitions=watch.transitions,
                 acked_writes=acked,
                 acked_lost=len(lost),
             ),
@@ -352,10 +238,8 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
             summarize(
                 "cluster-leader-killed (handler on the leader)",
                 load,
-                ticker=watch.ticker,
-                sampler=watch.sampler,
+                watch,
                 thread_bound=WORKERS,
-                transitions=watch.transitions,
                 acked_writes=acked,
                 acked_lost=len(lost),
             ),

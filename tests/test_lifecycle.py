@@ -7,10 +7,16 @@ import asyncio
 import importlib.metadata
 import json
 import uuid
-from typing import Any
 
 import pytest
-from support import envelope, uniq
+from support import (
+    LagTicker,
+    assert_json_ready,
+    envelope,
+    expected_context,
+    settings_for,
+    uniq,
+)
 
 import handler_consul
 from handler_consul import (
@@ -24,35 +30,6 @@ from handler_consul import (
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 OPERATIONS = ["consul.deregister", "consul.kv_get", "consul.kv_put", "consul.register"]
-
-
-def settings_for(target: Any, **extra: Any) -> ConsulSettings:
-    return ConsulSettings(host=target.host, port=target.port, **extra)
-
-
-class LoopLag:
-    """Measures the longest gap between ticks of a 10 ms ticker on the event loop."""
-
-    def __init__(self) -> None:
-        self.max_gap = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(0.01)
-            now = loop.time()
-            self.max_gap = max(self.max_gap, now - last)
-            last = now
-
-    def __enter__(self) -> LoopLag:
-        self._task = asyncio.ensure_future(self._tick())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 # -- describe ------------------------------------------------------------------------------------
@@ -93,21 +70,27 @@ async def test_describe_after_initialize(handler, consul_agent):
 # -- execute outside the lifecycle ---------------------------------------------------------------
 
 
-async def test_execute_before_initialize_says_so():
+async def test_execute_before_initialize_is_unavailable_and_says_so():
     handler = HandlerConsul()
-    with pytest.raises(InfraUnavailableError) as caught:
+    with pytest.raises(InfraUnavailableError, match="not initialized") as caught:
         await handler.execute(envelope("kv_get", key="a"))
     assert "not initialized" in str(caught.value)
     assert "shut down" not in str(caught.value)
+    assert caught.value.context.category == "unavailable"
+    assert caught.value.context.attempts == 0
+    assert caught.value.context.operation == "consul.kv_get"
+    assert_json_ready(caught.value)
 
 
-async def test_execute_after_shutdown_says_so(make_handler, consul_agent):
+async def test_execute_after_shutdown_is_unavailable_and_says_so(make_handler, consul_agent):
     handler = await make_handler(consul_agent)
     await handler.shutdown()
-    with pytest.raises(InfraUnavailableError) as caught:
+    with pytest.raises(InfraUnavailableError, match="shut down") as caught:
         await handler.execute(envelope("kv_get", key="a"))
     assert "shut down" in str(caught.value)
     assert "not initialized" not in str(caught.value)
+    assert caught.value.context.attempts == 0
+    assert_json_ready(caught.value)
     assert handler.describe()["initialized"] is False
 
 
@@ -160,12 +143,17 @@ async def test_failed_reinitialize_keeps_the_working_runtime(make_handler, consu
     assert response.status == "success"
 
 
-async def test_initialize_against_a_dead_port(dead_port):
+async def test_initialize_against_a_dead_port_is_a_connection_error(dead_port):
     handler = HandlerConsul(settings=ConsulSettings(host="127.0.0.1", port=dead_port))
     with pytest.raises(InfraConnectionError) as caught:
         await handler.initialize()
-    assert type(caught.value) is InfraConnectionError
-    assert caught.value.context.operation == "initialize"
+    error = caught.value
+    assert type(error) is InfraConnectionError
+    assert error.context.operation == "initialize"
+    assert error.context.model_dump(mode="json") == expected_context(
+        operation="initialize", category="connection", retryable=True, attempts=1
+    )
+    assert_json_ready(error)
     assert handler.describe()["initialized"] is False
     with pytest.raises(InfraUnavailableError, match="not initialized"):
         await handler.execute(envelope("kv_get", key="a"))
@@ -175,13 +163,13 @@ async def test_initialize_against_a_black_hole_times_out_without_blocking_the_lo
     toxiproxy.timeout(0)  # accepts, never answers
     handler = HandlerConsul(settings=settings_for(toxiproxy, timeout_seconds=0.5))
     loop = asyncio.get_running_loop()
-    with LoopLag() as lag:
+    async with LagTicker(interval=0.01) as lag:
         started = loop.time()
         with pytest.raises(InfraTimeoutError):
             await handler.initialize()
         elapsed = loop.time() - started
     assert 0.4 <= elapsed < 2.0
-    assert lag.max_gap < 0.25
+    assert lag.max_gap_seconds < 0.25
     assert handler.describe()["initialized"] is False
 
 
@@ -291,12 +279,12 @@ async def test_shutdown_fails_what_outlives_the_grace_period(make_handler, toxip
     task = asyncio.ensure_future(handler.execute(env))
     await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
-    with LoopLag() as lag:
+    async with LagTicker(interval=0.01) as lag:
         started = loop.time()
         await handler.shutdown()
         elapsed = loop.time() - started
     assert elapsed < 0.6
-    assert lag.max_gap < 0.25
+    assert lag.max_gap_seconds < 0.25
     with pytest.raises(InfraUnavailableError) as caught:
         await task
     assert caught.value.context.category == "unavailable"

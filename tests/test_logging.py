@@ -6,34 +6,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LogCollector, envelope, install_log_collector, uniq
+from support import envelope, settings_for, uniq
 
 import handler_consul
-from handler_consul import InfraConnectionError, InfraUnavailableError, InfraValidationError
+from handler_consul import (
+    HandlerConsul,
+    InfraConnectionError,
+    InfraUnavailableError,
+    InfraValidationError,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 PACKAGE_DIR = str(Path(handler_consul.__file__).resolve().parent)
-ENVELOPE_FIELDS = ("correlation_id", "operation", "attempt", "duration_ms")
-
-
-@pytest.fixture
-def debug_logs() -> Iterator[LogCollector]:
-    collector, undo = install_log_collector(logging.DEBUG)
-    yield collector
-    undo()
-
-
-@pytest.fixture
-def info_logs() -> Iterator[LogCollector]:
-    collector, undo = install_log_collector(logging.INFO)
-    yield collector
-    undo()
 
 
 def assert_envelope_fields(record: Any, correlation_id: Any, operation: str) -> None:
@@ -168,9 +157,7 @@ async def test_breaker_transitions_are_logged_with_the_breaker_name(
 
 
 async def test_lifecycle_is_logged_at_info(consul_agent, clean_consul_env, info_logs):
-    from handler_consul import ConsulSettings, HandlerConsul
-
-    handler = HandlerConsul(settings=ConsulSettings(host=consul_agent.host, port=consul_agent.port))
+    handler = HandlerConsul(settings=settings_for(consul_agent))
     await handler.initialize()
     await handler.shutdown()
     lifecycle = [r for r in info_logs.named("handler_consul") if r.levelno == logging.INFO]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from harness import ConsulAgent, CountingProxy
-from support import envelope, uniq
+from support import assert_json_ready, envelope, expected_context, kv_put, settings_for, uniq
 
-from handler_consul import ConsulSettings, HandlerConsul, InfraValidationError
+from handler_consul import HandlerConsul, InfraValidationError
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
@@ -31,7 +31,7 @@ def proxy(consul_agent: ConsulAgent) -> Iterator[CountingProxy]:
 
 @pytest.fixture
 async def handler(proxy: CountingProxy, clean_consul_env: None) -> Any:
-    h = HandlerConsul(settings=ConsulSettings(host=proxy.host, port=proxy.port))
+    h = HandlerConsul(settings=settings_for(proxy))
     await h.initialize()
     yield h
     await h.shutdown()
@@ -57,10 +57,6 @@ async def assert_refused(
     await handler.execute(envelope("kv_get", key=f"{uniq('probe')}/k"))
     assert proxy.requests == before[0] + 1
     return error
-
-
-def kv_put(**payload: Any) -> dict[str, Any]:
-    return envelope("kv_put", **payload)
 
 
 def case(op: str, payload: dict[str, Any], field: str, id: str, *marks: Any) -> Any:
@@ -372,8 +368,32 @@ async def test_refusal_message_and_to_dict_never_echo_the_value(handler, proxy):
     assert secretish not in repr(error.to_dict())
 
 
+async def test_refusal_context_and_to_dict_are_exact(make_handler, consul_agent):
+    handler = await make_handler(consul_agent)
+    correlation_id = uuid.uuid4()
+    with pytest.raises(InfraValidationError) as caught:
+        await handler.execute(
+            {
+                "operation": "consul.kv_put",
+                "payload": {"key": "a/../b", "value": "v"},
+                "correlation_id": str(correlation_id),
+            }
+        )
+    error = caught.value
+    assert error.context.model_dump(mode="json") == expected_context(
+        operation="consul.kv_put",
+        category="validation",
+        retryable=False,
+        attempts=0,
+        correlation_id=correlation_id,
+        field="payload.key",
+    )
+    data = assert_json_ready(error)
+    assert data["errors"][0]["field"] == "payload.key"
+
+
 async def test_refusal_context_names_the_breaker(proxy, clean_consul_env):
-    h = HandlerConsul(settings=ConsulSettings(host=proxy.host, port=proxy.port, datacenter="dc1"))
+    h = HandlerConsul(settings=settings_for(proxy, datacenter="dc1"))
     await h.initialize()
     try:
         error = await assert_refused(h, proxy, kv_put(key="a//b", value="x"), "payload.key")
@@ -383,9 +403,7 @@ async def test_refusal_context_names_the_breaker(proxy, clean_consul_env):
 
 
 async def test_bad_keys_do_not_open_the_breaker(proxy, clean_consul_env):
-    h = HandlerConsul(
-        settings=ConsulSettings(host=proxy.host, port=proxy.port, breaker={"failure_threshold": 2})
-    )
+    h = HandlerConsul(settings=settings_for(proxy, breaker={"failure_threshold": 2}))
     await h.initialize()
     try:
         for _ in range(3):

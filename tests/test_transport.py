@@ -1,13 +1,17 @@
-"""The HTTP transport under python-consul2: framing, pooling, stale connections, header limits."""
+"""The HTTP transport under python-consul2: framing, kept-alive connections (as many as there
+are worker threads, so none is discarded under full concurrency), stale connections, header
+limits."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import uuid
 
 import pytest
 from harness import ConsulAgent, CountingProxy
+from support import CountFor, MakeHandler, kv_get, pool_snapshot, unique_key
 
 from handler_consul import ConsulSettings
 from handler_consul._runtime import build_client
@@ -68,6 +72,29 @@ def test_one_kept_alive_connection_serves_sequential_requests(
         assert counting_proxy.connections == 1
     finally:
         client.http.close()
+
+
+async def test_no_connection_is_discarded_under_full_concurrency(
+    consul_agent: ConsulAgent, counting_proxy_for: CountFor, make_tuned_handler: MakeHandler
+) -> None:
+    counter = counting_proxy_for(consul_agent)
+    workers = 8
+    handler = await make_tuned_handler(counter, max_concurrent_operations=workers)
+    keys = [unique_key() for _ in range(64)]
+
+    async def round_() -> None:
+        results = await asyncio.gather(*(handler.execute(kv_get(k)) for k in keys))
+        assert all(r.status == "success" for r in results)
+
+    for _ in range(3):
+        await round_()
+    warmed = counter.connections
+    assert 1 <= warmed <= workers
+    assert pool_snapshot(handler)["peak_busy"] == workers
+    for _ in range(20):
+        await round_()
+    assert counter.connections == warmed
+    assert counter.requests == 1 + 23 * len(keys)
 
 
 def test_a_stale_kept_alive_connection_is_replaced(fresh_consul_agent: ConsulAgent) -> None:

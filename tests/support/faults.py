@@ -1,5 +1,6 @@
-"""Helpers for the resilience and fault tests: a lag ticker, a thread sampler, a load
-generator, a breaker-transition recorder and the one-line fault summary.
+"""Fault-test machinery: a steady load of envelopes and what became of each, the watch kept
+while a fault runs (loop lag, worker threads, pool figures, breaker transitions), reading
+acknowledged writes back, and the one-line ``FAULT-SUMMARY`` each fault test prints.
 
 Nothing here talks to Consul by itself; the tests hand it a real ``HandlerConsul``.
 Every loop is bounded in time and count.
@@ -11,169 +12,17 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import logging
 import math
 import os
-import threading
-import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from handler_consul import HandlerConsul, InfraError, InfraUnavailableError
 
-WORKER_PREFIX = "handler-consul"
-
-
-# -- event-loop lag ---------------------------------------------------------------------------
-
-
-class LagTicker:
-    """A task that wakes every ``interval`` seconds and records how late each wake-up was.
-
-    A blocking call on the loop shows up as one wake-up late by the whole call. ``on_tick``
-    (optional) runs on every tick, on the loop: used to sample ``handler.describe()``.
-    """
-
-    def __init__(self, interval: float = 0.005, on_tick: Callable[[], None] | None = None) -> None:
-        self.interval = interval
-        self.on_tick = on_tick
-        self.lags: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        expected = loop.time() + self.interval
-        while True:
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            self.lags.append(max(0.0, now - expected))
-            if self.on_tick is not None:
-                self.on_tick()
-            expected = now + self.interval
-
-    def start(self) -> LagTicker:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="lag-ticker")
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def __aenter__(self) -> LagTicker:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def ticks(self) -> int:
-        return len(self.lags)
-
-    @property
-    def max_ms(self) -> float:
-        return max(self.lags, default=0.0) * 1000.0
-
-    @property
-    def p99_ms(self) -> float:
-        if not self.lags:
-            return 0.0
-        ordered = sorted(self.lags)
-        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] * 1000.0
-
-    def describe(self) -> str:
-        return f"{self.ticks} ticks, p99 {self.p99_ms:.1f} ms, max {self.max_ms:.1f} ms"
-
-
-# -- worker threads ---------------------------------------------------------------------------
-
-
-def worker_threads(exclude: Collection[threading.Thread] = ()) -> list[threading.Thread]:
-    """Live handler worker threads (named ``handler-consul-N``) not in ``exclude``.
-
-    Threads are compared as objects, not by ident: an ident is reused once a thread exits.
-    """
-    excluded = {id(t) for t in exclude}
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith(WORKER_PREFIX) and t.is_alive() and id(t) not in excluded
-    ]
-
-
-class ThreadSampler:
-    """A plain thread that counts live worker threads every ``interval`` seconds.
-
-    It runs off the event loop, so it keeps sampling even if the loop were blocked. Threads
-    alive when it was created (other tests' abandoned workers) are not counted.
-    """
-
-    def __init__(self, interval: float = 0.005, max_seconds: float = 240.0) -> None:
-        self.interval = interval
-        self.max_seconds = max_seconds
-        self.baseline = tuple(worker_threads())
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-thread-sampler", daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.peak = max(self.peak, len(worker_threads(self.baseline)))
-            self.samples += 1
-            self._stop.wait(self.interval)
-
-    def now(self) -> int:
-        return len(worker_threads(self.baseline))
-
-    def __enter__(self) -> ThreadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-# -- breaker transitions ----------------------------------------------------------------------
-
-
-class TransitionRecorder(logging.Handler):
-    """Collects the handler's ``circuit breaker X: a -> b`` log records, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self.events: list[tuple[float, str, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        old = getattr(record, "breaker_from", None)
-        new = getattr(record, "breaker_to", None)
-        if old is not None and new is not None:
-            self.events.append((time.monotonic(), str(old), str(new)))
-
-    @property
-    def path(self) -> list[str]:
-        """Target states in order, e.g. ``["open", "half_open", "closed"]``."""
-        return [new for _, _, new in self.events]
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[TransitionRecorder]:
-        logger = logging.getLogger("handler_consul.handler")
-        old_level = logger.level
-        logger.addHandler(self)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-        try:
-            yield self
-        finally:
-            logger.removeHandler(self)
-            logger.setLevel(old_level)
-
+from .observe import LagTicker, ThreadSampler, TransitionRecorder
 
 # -- load --------------------------------------------------------------------------------------
 
@@ -306,26 +155,107 @@ class Load:
         ]
 
 
-async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a blocking harness call (kill, restart, toxiproxy API) off the event loop."""
-    return await asyncio.to_thread(fn, *args)
+# -- the watch kept while a fault runs ------------------------------------------------------------
 
 
-async def wait_until(
-    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.01
-) -> bool:
-    """Poll ``predicate`` on the loop until it holds or ``timeout`` passes; return its value."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= end:
-            return predicate()
-        await asyncio.sleep(interval)
-    return True
+@dataclasses.dataclass
+class Watch:
+    """Everything sampled while a fault test runs."""
+
+    handler: HandlerConsul
+    ticker: LagTicker
+    sampler: ThreadSampler
+    transitions: TransitionRecorder
+    pool_threads_peak: int = 0
+    pool_busy_peak: int = 0
+    states: list[str] = dataclasses.field(default_factory=list)
+
+    def tick(self) -> None:
+        pool = self.handler.describe()["pool"]
+        if pool is not None:
+            self.pool_threads_peak = max(self.pool_threads_peak, pool["threads"])
+            self.pool_busy_peak = max(self.pool_busy_peak, pool["busy"])
+
+    def breaker_state(self) -> str:
+        return str(self.handler.circuit_breaker(None).state.value)
 
 
-async def call_with_bound(awaitable: Awaitable[Any], bound: float) -> Any:
-    return await asyncio.wait_for(awaitable, bound)
+@contextlib.asynccontextmanager
+async def watching(handler: HandlerConsul, config: dict[str, Any]) -> AsyncIterator[Watch]:
+    """Start the samplers, then initialize ``handler`` (so its first thread is counted too)."""
+    recorder = TransitionRecorder()
+    with ThreadSampler() as sampler, recorder.installed():
+        watch = Watch(handler, LagTicker(), sampler, recorder)
+        watch.ticker.on_tick = watch.tick
+        watch.ticker.start()
+        try:
+            await handler.initialize(config)
+            yield watch
+        finally:
+            await watch.ticker.stop()
+
+
+# -- what the load sends ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def unique_prefix(name: str) -> Iterator[str]:
+    yield f"faults/{name}/{uuid.uuid4().hex[:10]}"
+
+
+def kv_mix(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    """Alternate plain puts and reads of the key just written."""
+
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        key = f"{prefix}/{i // 2}"
+        if i % 2 == 0:
+            return "consul.kv_put", {"key": key, "value": f"v{i // 2}"}
+        return "consul.kv_get", {"key": key}
+
+    return make
+
+
+def puts(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        return "consul.kv_put", {"key": f"{prefix}/{i}", "value": f"value-{i}"}
+
+    return make
+
+
+def fast_rejections(load: Load) -> list[Outcome]:
+    """Breaker rejections of a first attempt: nothing but the breaker was consulted."""
+    return [
+        o
+        for o in load.outcomes
+        if o.error is not None
+        and is_breaker_rejection(o.error)
+        and isinstance(o.error, InfraError)
+        and o.error.context.attempts == 0
+    ]
+
+
+async def read_back(
+    handler: HandlerConsul, load: Load, *, bound: float = 30.0
+) -> tuple[int, list[str]]:
+    """Every acknowledged write (applied: true), read with consistency "consistent".
+
+    Returns (acknowledged, keys whose value is missing or different).
+    """
+    acked = [o for o in load.outcomes if o.result is not None and o.result["applied"] is True]
+
+    async def check(o: Outcome) -> str | None:
+        response = await handler.execute(
+            {
+                "operation": "consul.kv_get",
+                "payload": {"key": o.payload["key"], "consistency": "consistent"},
+                "timeout_seconds": 10.0,
+            }
+        )
+        ok = response.result["found"] and response.result["value"] == o.payload["value"]
+        return None if ok else o.payload["key"]
+
+    results = await asyncio.wait_for(asyncio.gather(*(check(o) for o in acked)), bound)
+    return len(acked), [k for k in results if k is not None]
 
 
 # -- the summary line --------------------------------------------------------------------------
@@ -362,14 +292,13 @@ class FaultSummary:
 def summarize(
     name: str,
     load: Load,
+    watch: Watch,
     *,
-    ticker: LagTicker,
-    sampler: ThreadSampler,
     thread_bound: int,
-    transitions: TransitionRecorder,
     acked_writes: int = 0,
     acked_lost: int = 0,
 ) -> FaultSummary:
+    """The summary of a finished fault run, from its load and the watch kept over it."""
     counts = load.counts()
     succeeded = counts.pop("ok", 0)
     overrun = max((o.elapsed - o.deadline for o in load.outcomes), default=0.0)
@@ -380,11 +309,11 @@ def summarize(
         failed=dict(counts),
         acked_writes=acked_writes,
         acked_lost=acked_lost,
-        peak_threads=sampler.peak,
+        peak_threads=watch.sampler.peak,
         thread_bound=thread_bound,
-        max_lag_ms=ticker.max_ms,
-        p99_lag_ms=ticker.p99_ms,
-        breaker_path=transitions.path,
+        max_lag_ms=watch.ticker.max_ms,
+        p99_lag_ms=watch.ticker.p99_ms,
+        breaker_path=watch.transitions.path,
         max_overrun_ms=max(0.0, overrun) * 1000.0,
     )
 

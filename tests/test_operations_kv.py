@@ -1,51 +1,28 @@
-"""Every operation and every result shape of the contract, answered by a real Consul agent."""
+"""consul.kv_put and consul.kv_get, answered by a real Consul agent: every value shape round
+trips (text, binary, base64, empty, flags up to 2**64-1), CAS and locks with real sessions,
+recurse and keys_only listings, consistency modes on the wire, and every index an int."""
 
 from __future__ import annotations
 
 import base64
-import json
-import uuid
 from typing import Any
 
 import pytest
-from support import envelope, uniq
+from support import execute_ok, uniq
 
-from handler_consul import Envelope, HandlerConsul, HandlerResponse
+from handler_consul import HandlerConsul
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 UINT64_MAX = 2**64 - 1
 
 
-async def run(handler: HandlerConsul, operation: str, **payload: Any) -> dict[str, Any]:
-    response = await handler.execute(envelope(operation, **payload))
-    assert response.status == "success"
-    assert response.operation == f"consul.{operation}"
-    return dict(response.result)
-
-
 async def put(handler: HandlerConsul, key: str, value: Any, **kw: Any) -> dict[str, Any]:
-    return await run(handler, "kv_put", key=key, value=value, **kw)
+    return await execute_ok(handler, "kv_put", key=key, value=value, **kw)
 
 
 async def get(handler: HandlerConsul, key: str, **kw: Any) -> dict[str, Any]:
-    return await run(handler, "kv_get", key=key, **kw)
-
-
-def agent_service(agent: Any, service_id: str) -> dict[str, Any] | None:
-    resp = agent.request("GET", f"/v1/agent/service/{service_id}")
-    if resp.status == 404:
-        return None
-    assert resp.status == 200, resp.text
-    data: dict[str, Any] = resp.json()
-    return data
-
-
-def agent_check(agent: Any, service_id: str) -> dict[str, Any]:
-    resp = agent.request("GET", "/v1/agent/checks")
-    assert resp.status == 200
-    (check,) = [c for c in resp.json().values() if c["ServiceID"] == service_id]
-    return dict(check)
+    return await execute_ok(handler, "kv_get", key=key, **kw)
 
 
 def found_entry(key: str, value: str, encoding: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -62,184 +39,6 @@ def found_entry(key: str, value: str, encoding: str, entry: dict[str, Any]) -> d
         "session": None,
         "index": entry["modify_index"],
     }
-
-
-# -- register / deregister -----------------------------------------------------------------
-
-
-async def test_register_full_definition_lands_on_the_agent(handler, consul_agent):
-    sid = uniq("full")
-    result = await run(
-        handler,
-        "register",
-        service_id=sid,
-        name="payments-api",
-        address="10.1.2.3",
-        port=8443,
-        tags=["v1", "primary"],
-        meta={"version": "1.2.3", "team_name": "core-pay"},
-        weights={"passing": 7, "warning": 2},
-        enable_tag_override=True,
-        check={"ttl": "30s", "deregister_critical_service_after": "10m", "name": "ttl-chk"},
-    )
-    assert result == {"service_id": sid, "name": "payments-api", "registered": True}
-
-    service = agent_service(consul_agent, sid)
-    assert service is not None
-    assert service["ID"] == sid
-    assert service["Service"] == "payments-api"
-    assert service["Address"] == "10.1.2.3"
-    assert service["Port"] == 8443
-    assert service["Tags"] == ["v1", "primary"]
-    assert service["Meta"] == {"version": "1.2.3", "team_name": "core-pay"}
-    assert service["Weights"] == {"Passing": 7, "Warning": 2}
-    assert service["EnableTagOverride"] is True
-    check = agent_check(consul_agent, sid)
-    assert check["Type"] == "ttl"
-    assert check["Name"] == "ttl-chk"
-    assert check["ServiceName"] == "payments-api"
-
-
-async def test_register_port_zero_and_no_tag_override_are_sent_not_dropped(handler, consul_agent):
-    sid = uniq("zero")
-    await run(handler, "register", service_id=sid, name="zero", port=0)
-    service = agent_service(consul_agent, sid)
-    assert service is not None
-    assert service["Port"] == 0
-    assert service["EnableTagOverride"] is False
-    assert service["Weights"] == {"Passing": 1, "Warning": 1}
-    assert service["Tags"] == []
-    assert service["Meta"] == {}
-
-
-async def test_register_without_service_id_uses_the_name(handler, consul_agent):
-    name = uniq("byname")
-    result = await run(handler, "register", name=name)
-    assert result == {"service_id": name, "name": name, "registered": True}
-    assert agent_service(consul_agent, name) is not None
-
-
-@pytest.mark.parametrize(
-    ("kind", "check_type"),
-    [("http", "http"), ("tcp", "tcp"), ("grpc", "grpc")],
-)
-async def test_register_interval_checks(handler, consul_agent, kind, check_type):
-    sid = uniq(kind)
-    target = {
-        "http": "http://127.0.0.1:9/health",
-        "tcp": consul_agent.http_addr,
-        "grpc": f"{consul_agent.http_addr}/health",
-    }[kind]
-    check = {kind: target, "interval": "15s", "timeout": "3s"}
-    result = await run(handler, "register", service_id=sid, name="chk", port=1, check=check)
-    assert result == {"service_id": sid, "name": "chk", "registered": True}
-    landed = agent_check(consul_agent, sid)
-    assert landed["Type"] == check_type
-    assert landed["Interval"] == "15s"
-    assert landed["Timeout"] == "3s"
-
-
-async def test_register_http_check_method_and_status(handler, consul_agent):
-    sid = uniq("httpm")
-    check = {
-        "http": "http://127.0.0.1:9/health",
-        "method": "HEAD",
-        "interval": "20s",
-        "status": "warning",
-        "notes": "head probe",
-    }
-    await run(handler, "register", service_id=sid, name="m", check=check)
-    landed = agent_check(consul_agent, sid)
-    assert landed["Type"] == "http"
-    assert landed["Notes"] == "head probe"
-    assert landed["Interval"] == "20s"
-
-
-async def test_register_is_an_upsert(handler, consul_agent):
-    sid = uniq("upsert")
-    await run(handler, "register", service_id=sid, name="u", port=1, tags=["a"])
-    await run(handler, "register", service_id=sid, name="u", port=2, tags=["b"])
-    service = agent_service(consul_agent, sid)
-    assert service is not None
-    assert (service["Port"], service["Tags"]) == (2, ["b"])
-
-
-async def test_deregister_true_then_false(handler, consul_agent):
-    sid = uniq("dereg")
-    await run(handler, "register", service_id=sid, name="d")
-    assert await run(handler, "deregister", service_id=sid) == {
-        "service_id": sid,
-        "deregistered": True,
-    }
-    assert agent_service(consul_agent, sid) is None
-    assert await run(handler, "deregister", service_id=sid) == {
-        "service_id": sid,
-        "deregistered": False,
-    }
-
-
-async def test_deregister_never_registered_is_false(handler):
-    sid = uniq("never")
-    assert await run(handler, "deregister", service_id=sid) == {
-        "service_id": sid,
-        "deregistered": False,
-    }
-
-
-# The reference handler's own pattern document (shared/seeds/002_...txt), copied verbatim.
-SEED_REGISTER = {
-    "operation": "consul.register",
-    "payload": {
-        "consul_service_id": "node-effect-123",
-        "name": "my-onex-node",
-        "address": "192.168.1.100",
-        "port": 8080,
-    },
-}
-SEED_DEREGISTER = {
-    "operation": "consul.deregister",
-    "payload": {
-        "consul_service_id": "node-effect-123",
-    },
-}
-
-
-async def test_reference_handler_payloads_work_unchanged(handler, consul_agent):
-    reg = await handler.execute({**SEED_REGISTER, "correlation_id": str(uuid.uuid4())})
-    assert reg.result == {
-        "service_id": "node-effect-123",
-        "name": "my-onex-node",
-        "registered": True,
-    }
-    service = agent_service(consul_agent, "node-effect-123")
-    assert service is not None
-    assert (service["Service"], service["Address"], service["Port"]) == (
-        "my-onex-node",
-        "192.168.1.100",
-        8080,
-    )
-    dereg = await handler.execute({**SEED_DEREGISTER, "correlation_id": str(uuid.uuid4())})
-    assert dereg.result == {"service_id": "node-effect-123", "deregistered": True}
-    assert agent_service(consul_agent, "node-effect-123") is None
-
-
-async def test_reference_model_example_with_tags_and_meta(handler, consul_agent):
-    # ModelConsulRegisterPayload's example, as a dict (uniquified id: the agent is shared).
-    sid = uniq("node-effect")
-    payload = {
-        "consul_service_id": sid,
-        "name": "my-onex-node",
-        "address": "192.168.1.100",
-        "port": 8080,
-        "tags": ["onex", "effect-node"],
-        "meta": {"version": "1.0.0"},
-    }
-    response = await handler.execute({"operation": "consul.register", "payload": payload})
-    assert response.result == {"service_id": sid, "name": "my-onex-node", "registered": True}
-    service = agent_service(consul_agent, sid)
-    assert service is not None
-    assert service["Tags"] == ["onex", "effect-node"]
-    assert service["Meta"] == {"version": "1.0.0"}
 
 
 # -- kv_put / kv_get round trips -------------------------------------------------------------
@@ -390,7 +189,7 @@ async def test_acquire_and_release_with_a_real_session(handler, consul_agent):
         destroy_session(consul_agent, theirs)
 
 
-# -- recurse and keys_only ---------------------------------------------------------------------
+# -- recurse and keys_only -------------------------------------------------------------------
 
 
 async def test_recurse_returns_items_sorted_as_consul_does(handler):
@@ -498,72 +297,3 @@ async def test_every_index_is_an_int(handler):
     for result in results:
         assert type(result["index"]) is int, result
         assert result["index"] > 0
-
-
-# -- envelope in, response out ---------------------------------------------------------------
-
-
-async def test_response_echoes_ids_and_has_a_json_wire_form(handler):
-    key = f"{uniq('resp')}/k"
-    correlation_id = uuid.uuid4()
-    envelope_id = uuid.uuid4()
-    response = await handler.execute(
-        {
-            "operation": "consul.kv_put",
-            "payload": {"key": key, "value": "30"},
-            "correlation_id": str(correlation_id),
-            "envelope_id": str(envelope_id),
-            "timeout_seconds": 5.0,
-        }
-    )
-    assert isinstance(response, HandlerResponse)
-    assert response.correlation_id == correlation_id
-    assert response.envelope_id == envelope_id
-    assert response.attempts == 1
-    assert isinstance(response.duration_ms, float)
-    assert response.duration_ms > 0
-    wire = response.model_dump(mode="json")
-    assert wire == {
-        "status": "success",
-        "operation": "consul.kv_put",
-        "correlation_id": str(correlation_id),
-        "envelope_id": str(envelope_id),
-        "result": {"key": key, "applied": True},
-        "attempts": 1,
-        "duration_ms": response.duration_ms,
-    }
-    assert json.loads(json.dumps(wire)) == wire
-
-
-async def test_correlation_id_is_generated_when_absent(handler):
-    first = await handler.execute(envelope("kv_get", key=f"{uniq('gen')}/k"))
-    second = await handler.execute(envelope("kv_get", key=f"{uniq('gen')}/k"))
-    assert isinstance(first.correlation_id, uuid.UUID)
-    assert first.correlation_id.version == 4
-    assert first.correlation_id != second.correlation_id
-    assert first.envelope_id is None
-    assert first.model_dump(mode="json")["envelope_id"] is None
-
-
-async def test_response_is_frozen(handler):
-    response = await handler.execute(envelope("kv_get", key=f"{uniq('frz')}/k"))
-    with pytest.raises(Exception, match="frozen"):
-        response.attempts = 2  # type: ignore[misc]
-
-
-async def test_envelope_model_works_like_a_dict(handler):
-    key = f"{uniq('model')}/k"
-    correlation_id = uuid.uuid4()
-    put_response = await handler.execute(
-        Envelope(
-            operation="consul.kv_put",
-            payload={"key": key, "value": "from-model"},
-            correlation_id=correlation_id,
-        )
-    )
-    assert put_response.result == {"key": key, "applied": True}
-    assert put_response.correlation_id == correlation_id
-    from_model = await handler.execute(Envelope(operation="consul.kv_get", payload={"key": key}))
-    from_dict = await handler.execute({"operation": "consul.kv_get", "payload": {"key": key}})
-    assert from_model.result == from_dict.result
-    assert from_model.result["value"] == "from-model"

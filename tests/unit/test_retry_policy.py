@@ -1,6 +1,7 @@
-"""Retry policy against RESILIENCE.md items 16, 17 (the deadline helper) and 19.
-
-Items 14, 15, 18 and 20 are about the retry loop in the handler and are tested there.
+"""The retry policy on its own (fake clock and RNG, nothing sleeps for real): full-jitter
+exponential backoff, the rule that no backoff sleep may end past the deadline, and the retry
+budget. What is retried, and the retry loop in the handler, are in tests/test_retries.py,
+tests/test_deadline.py and tests/test_cancellation.py.
 """
 
 from __future__ import annotations
@@ -9,30 +10,29 @@ import random
 
 import pydantic
 import pytest
+from support import FakeClock, FixedRng
 
 from handler_consul import RetrySettings
 from handler_consul._retry import RetryBudget, backoff_seconds, sleep_budget
 
-from .fakes import FakeClock, FixedRng
-
-# -- item 16: exponential backoff with full jitter, capped, injectable RNG and sleep --------
+# -- exponential backoff with full jitter, capped; injectable RNG and sleep -------------------
 
 
-def test_item_16_backoff_ceiling_grows_exponentially_and_is_capped() -> None:
+def test_backoff_ceiling_grows_exponentially_and_is_capped() -> None:
     policy = RetrySettings(initial_delay_seconds=0.1, max_delay_seconds=1.0, exponential_base=2.0)
     almost_one = FixedRng([0.999999])
     ceilings = [backoff_seconds(policy, n, almost_one) for n in range(1, 8)]
     assert ceilings == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0], rel=1e-5)
 
 
-def test_item_16_full_jitter_scales_the_ceiling_by_the_rng() -> None:
+def test_full_jitter_scales_the_ceiling_by_the_rng() -> None:
     policy = RetrySettings(initial_delay_seconds=0.5, max_delay_seconds=5.0)
     assert backoff_seconds(policy, 3, FixedRng([0.0])) == 0.0
     assert backoff_seconds(policy, 3, FixedRng([0.25])) == 0.5
     assert backoff_seconds(policy, 3, FixedRng([0.5])) == 1.0
 
 
-def test_item_16_full_jitter_spreads_over_the_whole_range() -> None:
+def test_full_jitter_spreads_over_the_whole_range() -> None:
     policy = RetrySettings(initial_delay_seconds=1.0, max_delay_seconds=1.0)
     rng = random.Random(20).random
     delays = [backoff_seconds(policy, 1, rng) for _ in range(2000)]
@@ -41,12 +41,12 @@ def test_item_16_full_jitter_spreads_over_the_whole_range() -> None:
     assert max(delays) > 0.95
 
 
-def test_item_16_huge_retry_number_stays_at_the_cap() -> None:
+def test_huge_retry_number_stays_at_the_cap() -> None:
     policy = RetrySettings(exponential_base=10.0, max_delay_seconds=5.0)
     assert backoff_seconds(policy, 10_000, FixedRng([0.5])) == 2.5
 
 
-async def test_item_16_sleep_is_injectable_and_sleeps_nothing_real() -> None:
+async def test_sleep_is_injectable_and_sleeps_nothing_real() -> None:
     clock = FakeClock()
     policy = RetrySettings(max_attempts=4)
     rng = FixedRng([0.5])
@@ -81,29 +81,29 @@ def test_policy_is_frozen() -> None:
         RetrySettings().max_attempts = 5  # type: ignore[misc]
 
 
-# -- item 17: no backoff sleep ends past the deadline ---------------------------------------
+# -- no backoff sleep ends past the deadline ------------------------------------------------
 
 
-def test_item_17_sleep_that_fits_before_the_deadline_is_kept() -> None:
+def test_sleep_that_fits_before_the_deadline_is_kept() -> None:
     assert sleep_budget(remaining_seconds=1.0, delay=0.4) == 0.4
     assert sleep_budget(remaining_seconds=1.0, delay=0.0) == 0.0
 
 
-def test_item_17_sleep_that_would_end_at_or_past_the_deadline_is_refused() -> None:
+def test_sleep_that_would_end_at_or_past_the_deadline_is_refused() -> None:
     assert sleep_budget(remaining_seconds=1.0, delay=1.0) is None
     assert sleep_budget(remaining_seconds=1.0, delay=1.5) is None
     assert sleep_budget(remaining_seconds=0.0, delay=0.0) is None
     assert sleep_budget(remaining_seconds=-0.5, delay=0.1) is None
 
 
-def test_item_17_negative_delay_is_no_delay() -> None:
+def test_negative_delay_is_no_delay() -> None:
     assert sleep_budget(remaining_seconds=1.0, delay=-0.2) == 0.0
 
 
-# -- item 19: the retry budget ---------------------------------------------------------------
+# -- the retry budget ------------------------------------------------------------------------
 
 
-def test_item_19_retries_stay_a_small_fraction_under_a_persistent_outage() -> None:
+def test_retries_stay_a_small_fraction_under_a_persistent_outage() -> None:
     clock = FakeClock()
     budget = RetryBudget(ratio=0.2, min_retries_per_second=1.0, window_seconds=10.0, clock=clock)
     policy = RetrySettings(max_attempts=3)
@@ -122,14 +122,14 @@ def test_item_19_retries_stay_a_small_fraction_under_a_persistent_outage() -> No
     assert retries / calls < 0.25
 
 
-def test_item_19_the_floor_lets_a_quiet_handler_retry() -> None:
+def test_the_floor_lets_a_quiet_handler_retry() -> None:
     clock = FakeClock()
     budget = RetryBudget(ratio=0.2, min_retries_per_second=1.0, window_seconds=10.0, clock=clock)
     budget.record_call()
     assert [budget.try_spend() for _ in range(11)] == [True] * 10 + [False]
 
 
-def test_item_19_spent_budget_comes_back_as_the_window_slides() -> None:
+def test_spent_budget_comes_back_as_the_window_slides() -> None:
     clock = FakeClock(start=0.0)
     budget = RetryBudget(ratio=0.0, min_retries_per_second=1.0, window_seconds=10.0, clock=clock)
     for _ in range(10):
@@ -141,7 +141,7 @@ def test_item_19_spent_budget_comes_back_as_the_window_slides() -> None:
     assert budget.try_spend()  # and now they have left it
 
 
-def test_item_19_refused_retries_are_not_withdrawn() -> None:
+def test_refused_retries_are_not_withdrawn() -> None:
     clock = FakeClock()
     budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, clock=clock)
     for _ in range(4):
@@ -160,7 +160,7 @@ def test_item_19_refused_retries_are_not_withdrawn() -> None:
     }
 
 
-def test_item_19_a_long_idle_gap_empties_the_window() -> None:
+def test_a_long_idle_gap_empties_the_window() -> None:
     clock = FakeClock()
     budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window_seconds=10.0, clock=clock)
     for _ in range(50):
