@@ -1,9 +1,11 @@
-"""The docs in docs/patterns/ are true: their python samples run, their JSON samples validate.
+"""The docs in docs/patterns/ are true: their python samples run, their JSON samples validate,
+and every test they cite as proof exists.
 
 Each ```python block runs as the body of a coroutine (top-level ``await`` is allowed) against
 the shared dev agent, found through CONSUL_HOST / CONSUL_PORT as a user's code would find it.
 Each ```json block that is an envelope, a success response or an error dict is validated
-against the models the handler and the CLI use.
+against the models the handler and the CLI use. Each ``tests/<file>.py::<test>`` that
+resilience.md names must be a test function defined in that file.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from harness import ConsulAgent
 
 from handler_consul._schema import ErrorLine, envelope_adapter, response_adapter
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "patterns"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "patterns"
 OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md"]
 # ```json refused marks an envelope the docs show being refused: it must fail validation.
 _FENCE = re.compile(r"^```(\w*)[ ]*([\w ]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# A cited test: `tests/test_retries.py::test_name`, as resilience.md writes them.
+_CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)::(test_\w+)`")
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
@@ -49,8 +54,30 @@ def test_every_page_has_samples() -> None:
 
 def test_the_index_lists_every_page() -> None:
     index = (DOCS / "README.md").read_text()
-    for page in [*OURS, "circuit_breaker.md", "thread_pool.md"]:
-        assert f"]({page})" in index
+    pages = sorted(p.name for p in DOCS.glob("*.md") if p.name != "README.md")
+    for page in [*OURS, "circuit_breaker.md", "thread_pool.md", "resilience.md", *pages]:
+        assert f"]({page})" in index, page
+
+
+def test_every_test_resilience_md_cites_exists() -> None:
+    text = (DOCS / "resilience.md").read_text()
+    cited = _CITED_TEST.findall(text)
+    assert len(cited) > 50, "resilience.md cites its proofs as `tests/<file>.py::<test>`"
+    defined: dict[str, set[str]] = {}
+    missing = []
+    for path, name in cited:
+        if path not in defined:
+            source = ROOT / path
+            assert source.is_file(), f"resilience.md cites {path}, which does not exist"
+            tree = ast.parse(source.read_text())
+            defined[path] = {
+                node.name
+                for node in tree.body
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
+        if name not in defined[path]:
+            missing.append(f"{path}::{name}")
+    assert not missing, f"resilience.md cites tests that do not exist: {missing}"
 
 
 @pytest.mark.parametrize(("where", "code"), PYTHON, ids=[i for i, _ in PYTHON])
