@@ -84,15 +84,21 @@ def test_demo_stops_its_agent_when_interrupted(consul_bin: str, tmp_path: Path) 
     proc = subprocess.Popen(
         [*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "starting" in first
-    deadline = time.monotonic() + 30
-    while not consul_processes_in(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = consul_processes_in(tmp_path)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "starting" in first
+        deadline = time.monotonic() + 30
+        while not consul_processes_in(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = consul_processes_in(tmp_path)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        # A failed assertion above must not leave the demo running (or its pipes open).
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
 
     assert started, "the demo never started its agent"
     assert proc.returncode == 130, out
