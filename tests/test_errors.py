@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from harness import AclConsulAgent, ConsulAgent
 from support import (
+    FAST_RETRY,
     NEEDLES,
     SENTINEL_TEXT,
     CountFor,
@@ -54,8 +55,6 @@ from handler_consul import (
 )
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
-
-FAST_RETRY = {"initial_delay_seconds": 0.01, "max_delay_seconds": 0.02}
 
 
 def test_error_tree() -> None:

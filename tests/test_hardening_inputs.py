@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.server
 import json
+import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -65,6 +69,10 @@ async def test_a_check_that_would_deregister_a_live_service_is_refused(
         "http://{agent}/v1/kv/x",  # the agent's own address
         "http://localhost:{port}/ui/",  # the agent under another loopback name, any path
         "http://[::1]:{port}/",
+        "http://0.0.0.0:{port}/",  # the unspecified address lands on this host
+        "http://[::]:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",  # IPv4-mapped loopback
+        "http://[::ffff:7f00:1]:{port}/",
         "http://example.invalid/v1/agent/service/deregister/x",  # any host, the API path
         "http://example.invalid//v1/kv/x",
         "http://example.invalid/./v1/kv/x",
@@ -211,3 +219,75 @@ async def test_a_missing_ca_file_is_a_configuration_error_naming_the_setting(
     assert "No such file" in error.message
     assert error.__cause__ is None
     assert error.__context__ is None  # the OSError's frames (settings, token) are not attached
+
+
+class _RedirectToConsul(http.server.BaseHTTPRequestHandler):
+    """A check target that answers with a redirect to the agent's KV API."""
+
+    location = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_check_cannot_follow_a_redirect_into_the_consul_api(
+    make_handler: Any, consul_agent: ConsulAgent
+) -> None:
+    """Consul follows redirects for http checks unless told not to, and publishes the answer
+    as the check's output: a redirect to /v1/kv/<secret>?raw would publish the secret."""
+    handler = await make_handler(consul_agent)
+    key, secret = f"{uniq('secret')}/db", uniq("hunter2")
+    await handler.execute(envelope("kv_put", key=key, value=secret))
+    target = type(
+        "Redirect",
+        (_RedirectToConsul,),
+        {"location": f"http://{consul_agent.http_addr}/v1/kv/{key}?raw"},
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), target)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sid = uniq("redirect")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        check = {"http": url, "interval": "1s", "timeout": "1s"}
+        await handler.execute(envelope("register", service_id=sid, name="r", check=check))
+        output = ""
+        deadline = time.monotonic() + 10
+        while "302" not in output and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            checks = await asyncio.to_thread(_agent_checks, consul_agent)
+            output = next((c["Output"] for c in checks.values() if c["ServiceID"] == sid), "")
+        assert "302" in output  # the check saw the redirect and did not follow it
+        assert secret not in output
+    finally:
+        await handler.execute(envelope("deregister", service_id=sid))
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _agent_checks(agent: ConsulAgent) -> dict[str, Any]:
+    url = f"http://{agent.http_addr}/v1/agent/checks"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        checks: dict[str, Any] = json.loads(resp.read())
+    return checks
+
+
+async def test_following_redirects_needs_the_consul_api_allowance(
+    make_handler: Any, counting_proxy: CountingProxy
+) -> None:
+    check = {"http": "http://127.0.0.1:9/health", "interval": "10s", "disable_redirects": False}
+    env = envelope("register", service_id=uniq("follow"), name="f", check=check)
+    strict = await make_handler(counting_proxy)
+    await _refused(strict, counting_proxy, env, "payload.check.disable_redirects")
+    wide = await make_handler(counting_proxy, checks={"allow_consul_api": True})
+    counting_proxy.reset()
+    assert (await wide.execute(env)).result["registered"] is True
+    assert counting_proxy.paths == ["/v1/agent/service/register"]
+    await wide.execute(envelope("deregister", service_id=env["payload"]["service_id"]))

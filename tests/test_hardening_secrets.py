@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from harness import ConsulAgent, EarlyHints, TrickleBody
-from support import envelope, uniq
+from support import envelope, scripted_server, uniq
 
 from handler_consul import ConsulSettings, HandlerConsul, InfraError
 
@@ -148,3 +148,29 @@ async def test_envelope_failures_carry_no_token(
     for error in errors:
         assert_unreachable(error)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("status", [400, 403, 500])
+# The message shows at most 197 characters of the body; with 26 characters before the token,
+# an echo at 165 puts the token across that cut.
+@pytest.mark.parametrize("echo_at", [0, 150, 165, 200])
+async def test_a_server_echoing_the_token_in_an_error_body_does_not_leak_it(
+    status: int, echo_at: int, clean_consul_env: None
+) -> None:
+    """Wherever the echo falls, even across the point where long bodies are shortened."""
+    with scripted_server([status] * 3, echo_at=echo_at) as server:
+        host, port = server.server_address[:2]
+        handler = HandlerConsul(
+            ConsulSettings(
+                host=str(host), port=int(port), token=SENTINEL, retry={"max_attempts": 1}
+            )
+        )
+        await handler.initialize()
+        with pytest.raises(InfraError) as caught:
+            await handler.execute(envelope("kv_put", key="k", value="v"))
+        await handler.shutdown()
+    assert_unreachable(caught.value)
+    # Not even a recognisable piece of it survives in what a caller prints.
+    assert SENTINEL[:8] not in caught.value.message
+    # Where the echo falls inside the shortened body, its place shows as redacted.
+    assert ("[REDACTED]" in caught.value.message) is (echo_at + 26 + len("[REDACTED]") <= 197)

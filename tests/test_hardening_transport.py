@@ -21,14 +21,16 @@ from typing import Any
 
 import pytest
 from harness import ConsulAgent, EarlyHints, OversizedBody, TrickleBody, TrickleHeaders
-from support import envelope, uniq
+from support import envelope, scripted_server, uniq
 
 from handler_consul import (
     ConsulSettings,
     HandlerConsul,
+    InfraAuthenticationError,
     InfraConnectionError,
     InfraConsulError,
     InfraTimeoutError,
+    InfraUnavailableError,
 )
 from handler_consul._runtime import build_client
 from handler_consul._transport import ResponseTooLarge, TransportTimeout
@@ -273,3 +275,40 @@ def test_an_idle_connection_the_server_closed_is_not_used_for_a_write() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- the final error remembers what earlier attempts did -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "error_class", "breaker"),
+    [
+        ([503, 400], InfraConsulError, {}),
+        ([503, 403], InfraAuthenticationError, {}),
+        ([503], InfraUnavailableError, {"failure_threshold": 1}),  # the breaker opens
+    ],
+)
+async def test_an_error_after_an_unanswered_attempt_still_says_it_may_have_applied(
+    script: list[int],
+    error_class: type[Exception],
+    breaker: dict[str, Any],
+    clean_consul_env: None,
+) -> None:
+    """The first attempt got a 503 (sent, maybe applied); the retry ends otherwise. The final
+    error must not tell the caller that nothing was sent."""
+    with scripted_server(script) as server:
+        host, port = server.server_address[:2]
+        handler = HandlerConsul(
+            ConsulSettings(
+                host=str(host),
+                port=int(port),
+                retry={"initial_delay_seconds": 0.0},
+                breaker=breaker,
+            )
+        )
+        await handler.initialize()
+        with pytest.raises(error_class) as caught:
+            await handler.execute(envelope("kv_put", key="k", value="v"))
+        await handler.shutdown()
+    context = caught.value.context  # type: ignore[attr-defined]
+    assert (context.request_sent, context.outcome_unknown) == (True, True)

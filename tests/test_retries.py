@@ -22,6 +22,7 @@ import uuid
 import pytest
 from harness import ConsulAgent
 from support import (
+    FAST_RETRY,
     CountFor,
     MakeHandler,
     ProxyFor,
@@ -48,8 +49,6 @@ from handler_consul import (
 )
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
-
-FAST_RETRY = {"initial_delay_seconds": 0.01, "max_delay_seconds": 0.02}
 
 
 # -- transient failures are retried up to max_attempts ----------------------------------------

@@ -18,8 +18,10 @@ and never interpolate the token.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -36,7 +38,9 @@ __all__ = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "carry_outcome",
     "make_context",
+    "redact",
 ]
 
 ErrorCategory = Literal[
@@ -240,3 +244,34 @@ def make_context(
         request_sent=request_sent,
         outcome_unknown=outcome_unknown,
     )
+
+
+def redact(text: str, token: str | None) -> str:
+    """``text`` with the token replaced, as sent and in the forms a server may echo it in
+    (percent-encoded, JSON-escaped)."""
+    if not token:
+        return text
+    for form in {token, quote(token, safe=""), json.dumps(token)[1:-1]}:
+        if form in text:
+            text = text.replace(form, "[REDACTED]")
+    return text
+
+
+def carry_outcome(error: InfraError, request_sent: bool, outcome_unknown: bool) -> InfraError:
+    """``error`` with the history of the envelope's earlier attempts folded into its context.
+
+    The last attempt may have been refused outright (a 400, an open breaker) after an earlier
+    one reached Consul and lost its answer: the caller must still learn that the write may
+    have been applied.
+    """
+    context = error.context
+    if (request_sent and not context.request_sent) or (
+        outcome_unknown and not context.outcome_unknown
+    ):
+        error._context = context.model_copy(
+            update={
+                "request_sent": context.request_sent or request_sent,
+                "outcome_unknown": context.outcome_unknown or outcome_unknown,
+            }
+        )
+    return error

@@ -23,6 +23,7 @@ from handler_consul._errors import (
     InfraError,
     InfraTimeoutError,
     InfraUnavailableError,
+    carry_outcome,
     make_context,
 )
 from handler_consul._log import log_attempt_failure
@@ -210,7 +211,7 @@ class Attempts:
             permit = breaker.try_acquire()
             if permit is None:
                 await self._wait_out_open_breaker(
-                    breaker, operation, fields, attempt, remaining, sent
+                    breaker, operation, fields, attempt, remaining, sent, unknown
                 )
                 continue
             if attempt == 0:
@@ -249,7 +250,7 @@ class Attempts:
             delay = self._retry_delay(operation, payload, error, attempt, deadline)
             log_attempt_failure(fields, error, attempt, clock() - call_started, delay is not None)
             if delay is None:
-                raise error
+                raise carry_outcome(error, sent, unknown)
             await self._sleep(delay, fields, attempt, sent)
 
     async def _wait_out_open_breaker(
@@ -260,6 +261,7 @@ class Attempts:
         attempt: int,
         remaining: float,
         sent: bool,
+        unknown: bool,
     ) -> None:
         """An open breaker is waited out only on a retry, and only when its wait fits inside
         the deadline; a first attempt fails fast, without touching the pool."""
@@ -268,7 +270,14 @@ class Attempts:
         if wait is None or attempt >= self.policy.max_attempts or not math.isfinite(retry_after):
             raise InfraUnavailableError(
                 f"{operation.name}: circuit breaker {breaker.name} is open",
-                context=partial(make_context, fields, InfraUnavailableError, attempt),
+                context=partial(
+                    make_context,
+                    fields,
+                    InfraUnavailableError,
+                    attempt,
+                    request_sent=sent,
+                    outcome_unknown=unknown,
+                ),
                 retry_after_seconds=retry_after if math.isfinite(retry_after) else None,
             )
         await self._sleep(wait, fields, attempt, sent)

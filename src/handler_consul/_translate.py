@@ -21,6 +21,7 @@ from handler_consul._errors import (
     InfraTimeoutError,
     InfraUnavailableError,
     make_context,
+    redact,
 )
 from handler_consul._pool import PoolClosed, PoolSaturated, PoolTimeout
 from handler_consul._transport import (
@@ -98,8 +99,11 @@ def _short(body: str) -> str:
     return body if len(body) <= _MAX_BODY else body[: _MAX_BODY - 3] + "..."
 
 
-def _status_message(op: str, exc: HTTPStatusError, error_class: type[InfraError]) -> str:
-    status, body = exc.status, _short(exc.body)
+def _status_message(
+    op: str, exc: HTTPStatusError, error_class: type[InfraError], token: str | None
+) -> str:
+    # Redacted before it is shortened: a token cut in two by the shortening would not match.
+    status, body = exc.status, _short(redact(exc.body, token))
     if error_class is InfraAuthenticationError:
         what = "ACL denied the request" if status == 403 else "refused the credentials"
         return f"{op}: Consul {what} ({status}): {body}"
@@ -124,7 +128,7 @@ def translate(
     if isinstance(exc, HTTPStatusError):
         status = exc.status
         error_class, unknown = _status_entry(status, exc.body)
-        message, sent = _status_message(op, exc, error_class), True
+        message, sent = _status_message(op, exc, error_class, token), True
     else:
         entry = _entry_for(exc)
         if entry is None:
@@ -138,8 +142,7 @@ def translate(
             if isinstance(exc, consul_base.NotFound):
                 status = 404
 
-    if token and token in message:
-        message = message.replace(token, "[REDACTED]")
+    message = redact(message, token)
     context = make_context(
         fields,
         error_class,
@@ -160,11 +163,14 @@ def translate(
 
 
 def _mentions(exc: BaseException, token: str) -> bool:
+    """Whether the token, in any spelling a server may echo, is in an exception of the chain:
+    its text, its args or its attributes (an error body, say)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if token in str(current) or any(token in repr(arg) for arg in current.args):
+        texts = [str(current), *map(repr, current.args), *map(repr, vars(current).values())]
+        if any(redact(text, token) != text for text in texts):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -212,12 +212,19 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches this machine: loopback names and addresses, their IPv4-mapped
+    IPv6 forms (``::ffff:127.0.0.1``), and the unspecified addresses (a connection to
+    ``0.0.0.0`` or ``::`` lands on the local host)."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 @dataclass(frozen=True, slots=True)

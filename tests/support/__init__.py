@@ -6,7 +6,7 @@ the fixtures (real agents, proxies, handlers, log collectors, pools). The module
 - ``envelopes``: envelope builders (``envelope``, ``kv_put``, ``kv_get``, ``with_deadline``,
   ``with_correlation_id``), unique names (``uniq``, ``unique_key``), and the exact error a
   test expects (``expected_context``, ``assert_json_ready``, ``exception_chain``);
-- ``handlers``: the fixtures' factory types, ``tuned`` settings (tests about retries,
+- ``handlers``: the fixtures' factory types, ``FAST_RETRY``, ``tuned`` settings (retries,
   deadlines, backpressure), ``settings_for``, ``execute_ok``, what describe() shows
   (``breaker_snapshot``, ``pool_snapshot``, ``assert_nothing_counted``), ``RecordingSleep``,
   and proxies that count or record requests;
@@ -17,7 +17,8 @@ the fixtures (real agents, proxies, handlers, log collectors, pools). The module
 - ``fakes`` and ``breakers``: a fake clock, RNG and transition log, and a bare breaker driven
   into each state (the unit tests);
 - ``pool``: gates that hold a BoundedThreadPool's workers until the test releases them;
-- ``cli``: the CLI as a subprocess.
+- ``cli``: the CLI as a subprocess;
+- ``servers``: stand-in HTTP servers whose answers a test scripts.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from .faults import (
     watching,
 )
 from .handlers import (
+    FAST_RETRY,
     OVERRUN,
     TUNED,
     CountFor,
@@ -102,11 +104,13 @@ from .secrets import (
     assert_logs_clean,
     assert_no_secret,
 )
+from .servers import scripted_server
 
 __all__ = [
     "CLI",
     "CLOSED",
     "EVENT_BOUND",
+    "FAST_RETRY",
     "HALF_OPEN",
     "LAG_MAX_MS",
     "LAG_P99_MS",
@@ -170,6 +174,7 @@ __all__ = [
     "read_back",
     "recording_proxy",
     "requests_to",
+    "scripted_server",
     "settings_for",
     "summarize",
     "tuned",

@@ -20,6 +20,9 @@ CountFor = Callable[[Any], CountingProxy]
 # Seconds an execute() may overrun its deadline (scheduling, the thread hand-off).
 OVERRUN = 0.15
 
+# Backoff in milliseconds, for tests that retry with otherwise product-default settings.
+FAST_RETRY: dict[str, float] = {"initial_delay_seconds": 0.01, "max_delay_seconds": 0.02}
+
 # Settings for tests about retries, deadlines, cancellation and backpressure: quick timeouts,
 # four workers, backoff in milliseconds, and a breaker threshold so high that a test about
 # retries is never cut short by the breaker. Tests about the breaker set their own threshold;

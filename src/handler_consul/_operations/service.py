@@ -64,6 +64,34 @@ class HealthCheck(BaseModel):
     method: Literal["GET", "HEAD", "POST", "PUT"] | None = None
     tls_skip_verify: bool | None = None
     grpc_use_tls: bool | None = None
+    # Declared last so that its validator sees ``http``. Defaults to True for http checks
+    # under the default policy (see _redirects_off_by_default).
+    disable_redirects: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redirects_off_by_default(cls, data: Any, info: ValidationInfo) -> Any:
+        """A check URL may answer with a redirect to the agent's own API, which Consul would
+        follow and whose answer (a KV secret, say) it would publish as the check's output:
+        unless the policy allows the Consul API, an http check never follows redirects."""
+        if (
+            isinstance(data, dict)
+            and data.get("http") is not None
+            and "disable_redirects" not in data
+            and not _policy(info).allow_consul_api
+        ):
+            return {**data, "disable_redirects": True}
+        return data
+
+    @field_validator("disable_redirects")
+    @classmethod
+    def _redirects_stay_off(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value is False and not _policy(info).allow_consul_api:
+            raise ValueError(
+                "must stay true: a redirect could lead the agent to the Consul API "
+                "(set checks.allow_consul_api to allow it)"
+            )
+        return value
 
     @field_validator("http")
     @classmethod
@@ -89,6 +117,8 @@ class HealthCheck(BaseModel):
             raise ValueError("method applies to http checks only")
         if self.grpc_use_tls is not None and self.grpc is None:
             raise ValueError("grpc_use_tls applies to grpc checks only")
+        if self.disable_redirects is not None and self.http is None:
+            raise ValueError("disable_redirects applies to http checks only")
         return self
 
     def definition(self) -> dict[str, Any]:
@@ -107,6 +137,7 @@ class HealthCheck(BaseModel):
             "method": "Method",
             "tls_skip_verify": "TLSSkipVerify",
             "grpc_use_tls": "GRPCUseTLS",
+            "disable_redirects": "DisableRedirects",
         }
         return {names[k]: v for k, v in self.model_dump(exclude_none=True).items()}
 

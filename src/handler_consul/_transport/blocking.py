@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from handler_consul._consul import consul_base
+from handler_consul._errors import redact
 from handler_consul._transport.errors import (
     HTTPStatusError,
     ResponseTooLarge,
@@ -130,6 +131,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._base_headers: dict[str, str] = {"Accept": "application/json"}
         if token:
             self._base_headers["X-Consul-Token"] = _MaskedHeader(token)
+        self._token = _MaskedHeader(token) if token else None
 
     def __repr__(self) -> str:
         return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
@@ -298,7 +300,10 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             self._checkin(conn)
         status = response.status
         if status >= 400 and status != 404:
-            raise HTTPStatusError(status, _text(content), method=method, path=path)
+            # A server that echoes the request (a proxy's error page, say) would hand the
+            # token back in the body: it is redacted before the error exists.
+            answer = redact(_text(content), self._token)
+            raise HTTPStatusError(status, answer, method=method, path=path)
         return consul_base.Response(status, response.headers, _text(content), content)
 
     def _receive(
