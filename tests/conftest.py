@@ -273,23 +273,31 @@ CONSUL_ENV_VARS = (
     "CONSUL_PORT",
     "CONSUL_SCHEME",
     "CONSUL_TOKEN",
+    "CONSUL_TOKEN_FILE",
+    "CONSUL_UNIX_SOCKET",
     "CONSUL_TIMEOUT",
     "CONSUL_DATACENTER",
     "CONSUL_MAX_CONCURRENT_OPERATIONS",
     "CONSUL_MAX_WAIT_SECONDS",
     "CONSUL_MAX_QUEUED_OPERATIONS",
+    "CONSUL_MAX_RESPONSE_BYTES",
     "CONSUL_SHUTDOWN_GRACE_SECONDS",
     "CONSUL_CACERT",
+    "CONSUL_CAPATH",
     "CONSUL_CLIENT_CERT",
     "CONSUL_CLIENT_KEY",
+    "CONSUL_TLS_SERVER_NAME",
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
     "CONSUL_HTTP_SSL",
     "CONSUL_HTTP_SSL_VERIFY",
     "CONSUL_HTTP_AUTH",
     "CONSUL_RETRY",
     "CONSUL_BREAKER",
+    "CONSUL_CHECKS",
 )
+_NESTED_PREFIXES = ("CONSUL_RETRY__", "CONSUL_BREAKER__", "CONSUL_CHECKS__")
 
 
 @pytest.fixture
@@ -298,7 +306,7 @@ def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in list(os.environ):
         upper = name.upper()
-        if upper in CONSUL_ENV_VARS or upper.startswith(("CONSUL_RETRY__", "CONSUL_BREAKER__")):
+        if upper in CONSUL_ENV_VARS or upper.startswith(_NESTED_PREFIXES):
             monkeypatch.delenv(name)
 
 

@@ -329,6 +329,7 @@ async def test_bad_initialize_config_names_the_field(config, field):
     assert error.context.category == "configuration"
     assert error.context.retryable is False
     assert field in str(error)
+    assert f"(from the initialize() key {field!r})" in error.message
     for text in (str(error), repr(error), repr(error.to_dict())):
         assert SENTINEL not in text
     assert error.__cause__ is None
@@ -355,6 +356,8 @@ async def test_bad_env_config_names_the_field(monkeypatch, name, value, field):
     with pytest.raises(InfraConfigurationError) as caught:
         await handler.initialize()
     assert caught.value.context.field == field
+    # The variable that set it, even when its name is not the field's (CONSUL_HTTP_ADDR).
+    assert f"(from environment variable {name})" in caught.value.message
     assert SENTINEL not in str(caught.value)
     assert SENTINEL not in repr(caught.value)
 

@@ -1,37 +1,41 @@
 """What ``initialize()`` builds from the settings, and how it is taken apart again.
 
-settings → SSL context → transport → client → pool → retry budget → :class:`Attempts`.
-A runtime is replaced as a whole on re-initialize: envelopes admitted before hold a reference
-to the old one and finish on it.
+settings → token (from a token file, read now) → SSL context → transport → client → pool →
+retry budget → :class:`Attempts`. A runtime is replaced as a whole on re-initialize:
+envelopes admitted before hold a reference to the old one and finish on it, and the token
+file is read again, so a rotated token is picked up by the next initialize().
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import EllipsisType
 
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock, Sleep
 from handler_consul._errors import (
     ContextFields,
-    ErrorContext,
-    InfraConfigurationError,
     InfraError,
 )
 from handler_consul._operations import call_leader
 from handler_consul._pool import BoundedThreadPool
 from handler_consul._retry import Attempts, RetryBudget
-from handler_consul._settings import ConsulSettings
+from handler_consul._settings import ConsulSettings, is_header_safe_token
+from handler_consul._settings_env import configuration_error
 from handler_consul._translate import translate
 from handler_consul._transport import ConsulTransport, TransportConfig
 from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
-__all__ = ["Runtime", "build_client", "build_runtime"]
+__all__ = ["Runtime", "build_client", "build_runtime", "read_token"]
 
 _UNCOUNTED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+# A Consul token is a UUID; anything near this size is not a token file (or is /dev/zero).
+_TOKEN_FILE_MAX_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -78,9 +82,10 @@ def build_runtime(
     rng: Callable[[], float],
     sleep: Sleep | None,
 ) -> Runtime:
-    """Build every resource; a bad TLS file is an InfraConfigurationError naming its setting."""
-    token = settings.token.get_secret_value() if settings.token is not None else None
-    client = build_client(settings)
+    """Build every resource; a bad token or TLS file is an InfraConfigurationError naming its
+    setting and where that was set."""
+    token = read_token(settings)
+    client = build_client(settings, token=token)
     pool = BoundedThreadPool(
         settings.max_concurrent_operations,
         max_wait_seconds=settings.effective_max_wait_seconds,
@@ -103,9 +108,16 @@ def build_runtime(
     )
 
 
-def build_client(settings: ConsulSettings) -> ConsulClient:
-    """python-consul2's API over a transport that goes only to the configured address."""
-    token = settings.token.get_secret_value() if settings.token is not None else None
+def build_client(
+    settings: ConsulSettings, *, token: str | EllipsisType | None = ...
+) -> ConsulClient:
+    """python-consul2's API over a transport that goes only to the configured address.
+
+    ``token`` is the one the caller has already read with :func:`read_token` (so a token
+    file is read once per build); without it, it is read here.
+    """
+    if isinstance(token, EllipsisType):
+        token = read_token(settings)
     context = _ssl_context(settings) if settings.scheme == "https" else None
     config = TransportConfig(
         host=settings.host,
@@ -117,6 +129,8 @@ def build_client(settings: ConsulSettings) -> ConsulClient:
         cacert=settings.cacert,
         cert=settings.client_cert,
         key=settings.client_key,
+        unix_socket=settings.unix_socket,
+        server_name=settings.tls_server_name,
     )
     transport = ConsulTransport(
         config, pool_size=settings.max_concurrent_operations, token=token, ssl_context=context
@@ -124,28 +138,87 @@ def build_client(settings: ConsulSettings) -> ConsulClient:
     return ConsulClient(transport, datacenter=settings.datacenter)
 
 
+def read_token(settings: ConsulSettings) -> str | None:
+    """The token: the ``token`` setting, or what ``token_file`` holds, read now.
+
+    A missing, unreadable, empty or unusable file is an InfraConfigurationError naming
+    ``token_file`` and where it was set; the message never shows what the file holds.
+    """
+    if settings.token is not None:
+        return settings.token.get_secret_value()
+    if settings.token_file is None:
+        return None
+    token, problem = _read_token_file(settings.token_file)
+    if problem is not None:
+        # Raised here, outside any except block: nothing chained, no OSError frames.
+        raise configuration_error("token_file", settings.origin("token_file"), problem)
+    return token
+
+
+def _read_token_file(path: str) -> tuple[str | None, str | None]:
+    """(token, None), or (None, why not): the reason names the file, never its content."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        return None, f"cannot read {path} ({exc.strerror or type(exc).__name__})"
+    if len(data) > _TOKEN_FILE_MAX_BYTES:
+        return None, f"{path} is larger than a token file ({_TOKEN_FILE_MAX_BYTES} bytes)"
+    # Surrounding whitespace (the newline an editor or `echo` adds) is not part of the token.
+    text = data.decode("ascii", errors="replace").strip()
+    if not text:
+        return None, f"{path} is empty"
+    if not is_header_safe_token(text):
+        return None, f"{path} does not hold a token: printable ASCII without spaces"
+    return text, None
+
+
 def _ssl_context(settings: ConsulSettings) -> ssl.SSLContext:
-    """The TLS context, or InfraConfigurationError naming the file setting that failed.
+    """The TLS context, or InfraConfigurationError naming the setting that failed.
 
     The error is raised from nothing: the OSError's frames would otherwise travel with it,
     and one of them holds the settings (token included) as a local.
     """
-    problem: InfraConfigurationError | None = None
-    setting = "cacert"
+    setting, cafiles, problem = _ca_files(settings)
+    context: ssl.SSLContext | None = None
+    loading = cafiles[0] if cafiles else None
     try:
-        context = ssl.create_default_context(cafile=settings.cacert)
-        if not settings.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if settings.client_cert:
-            setting = "client_cert"
-            context.load_cert_chain(settings.client_cert, settings.client_key)
+        if problem is None:
+            # A CA file replaces the system store; without one, the system store is used.
+            context = ssl.create_default_context(cafile=loading)
+            for loading in cafiles[1:]:
+                context.load_verify_locations(cafile=loading)
+            if not settings.verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if settings.client_cert:
+                setting, loading = "client_cert", None
+                context.load_cert_chain(settings.client_cert, settings.client_key)
     except (OSError, ssl.SSLError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        problem = InfraConfigurationError(
-            f"invalid Consul setting {setting!r}: cannot load it ({reason})",
-            context=ErrorContext(category="configuration", field=setting),
-        )
-    if problem is not None:
-        raise problem
+        what = f"{loading} from it" if setting == "capath" else "it"
+        problem = f"cannot load {what} ({reason})"
+    if problem is not None or context is None:
+        raise configuration_error(setting, settings.origin(setting), problem or "unusable")
     return context
+
+
+def _ca_files(settings: ConsulSettings) -> tuple[str, list[str], str | None]:
+    """The setting in charge, the CA files to trust (none: the system's), and any problem.
+
+    ``cacert`` takes precedence; otherwise every file of the ``capath`` tree is a PEM
+    bundle, as Consul reads CONSUL_CAPATH (OpenSSL's own capath would only find
+    certificates stored under hashed names).
+    """
+    if settings.cacert is not None or settings.capath is None:
+        return "cacert", [settings.cacert] if settings.cacert is not None else [], None
+    capath = settings.capath
+    if not os.path.isdir(capath):
+        return "capath", [], f"{capath} is not a directory"
+    found: list[str] = []
+    for root, dirs, names in os.walk(capath):
+        dirs.sort()  # walked in a stable order
+        found.extend(os.path.join(root, name) for name in sorted(names))
+    if not found:
+        return "capath", [], f"{capath} holds no certificate file"
+    return "capath", found, None

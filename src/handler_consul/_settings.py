@@ -5,13 +5,16 @@ Precedence, highest first, decided per field:
 1. the mapping given to ``initialize()`` (or keyword arguments to ``ConsulSettings``);
 2. ``CONSUL_HOST``, ``CONSUL_PORT``, ``CONSUL_SCHEME``, ``CONSUL_TOKEN`` and the other
    ``CONSUL_*`` names of the contract;
-3. Consul's own ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_SSL``;
+3. Consul's own ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_TOKEN_FILE``,
+   ``CONSUL_HTTP_SSL``;
 4. the defaults.
 
-Level 3 is a settings source of its own placed below the environment source, so pydantic's
-merge gives that order without any special-casing. python-consul2 reads the same variables
-in its constructor and lets them win; :mod:`handler_consul._client` never runs that
-constructor, so what is resolved here is what is used.
+A token and a token file, and a TCP address and a unix socket, are alternatives: the highest
+level that gives one of a pair decides it. :mod:`handler_consul._settings_env` merges the
+levels and keeps where each value came from, so a bad value is reported with the variable or
+key that set it. python-consul2 reads the same variables in its constructor and lets them
+win; :mod:`handler_consul._client` never runs that constructor, so what is resolved here is
+what is used.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,7 +42,18 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from handler_consul._errors import ErrorContext, InfraConfigurationError
+from handler_consul._errors import InfraConfigurationError
+from handler_consul._settings_env import (
+    canonical,
+    configuration_error,
+    drop_alternatives,
+    initialize_origin,
+    leaf_paths,
+    origin_of,
+    resolve,
+    source_error,
+    validation_error,
+)
 from handler_consul._validation import CheckPolicy
 
 __all__ = [
@@ -47,6 +61,7 @@ __all__ = [
     "CheckSettings",
     "ConsulSettings",
     "RetrySettings",
+    "is_header_safe_token",
     "load_settings",
 ]
 
@@ -57,6 +72,30 @@ _HOSTNAME = re.compile(
 )
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# AF_UNIX paths are at most 107 bytes on Linux (108 with the terminating NUL).
+_UNIX_PATH_MAX = 107
+
+
+def is_header_safe_token(value: str) -> bool:
+    """Consul's tokens are printable ASCII; anything else could not travel in a header."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def _plain_host(value: str) -> str:
+    value = value.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError("must be a DNS name or an IP address, nothing more") from None
+    return value
+
+
+def _optional_text(value: object) -> object:
+    """An empty value (``CONSUL_CAPATH=``) means unset."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
 
 
 class RetrySettings(BaseModel):
@@ -111,52 +150,6 @@ class CheckSettings(BaseModel):
     )
 
 
-class _ConsulHttpEnvSource(PydanticBaseSettingsSource):
-    """Consul's own variables, below the ``CONSUL_*`` names of the contract."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        # Unused: __call__ builds the whole mapping at once.
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        addr = os.environ.get("CONSUL_HTTP_ADDR", "").strip()
-        if addr:
-            values.update(_parse_http_addr(addr))
-        token = os.environ.get("CONSUL_HTTP_TOKEN")
-        if token:
-            values["token"] = token
-        ssl = os.environ.get("CONSUL_HTTP_SSL", "").strip().lower()
-        if ssl in {"1", "true", "yes", "on"}:
-            values["scheme"] = "https"
-        elif ssl in {"0", "false", "no", "off"} and "scheme" not in values:
-            values["scheme"] = "http"
-        return values
-
-
-def _parse_http_addr(addr: str) -> dict[str, Any]:
-    """``host:port``, ``scheme://host:port`` or ``unix://`` (refused) as Consul's CLI accepts."""
-    values: dict[str, Any] = {}
-    rest = addr
-    if "://" in addr:
-        scheme, rest = addr.split("://", 1)
-        values["scheme"] = scheme.lower()
-    rest = rest.rstrip("/")
-    if rest.startswith("["):  # [v6]:port
-        host, _, port = rest[1:].partition("]")
-        port = port.removeprefix(":")
-    elif rest.count(":") == 1:
-        host, port = rest.split(":")
-    else:
-        host, port = rest, ""
-    values["host"] = host
-    if port:
-        values["port"] = port
-    elif values.get("scheme") == "https":
-        values["port"] = 443
-    return values
-
-
 class ConsulSettings(BaseSettings):
     """Everything the handler needs to reach Consul; every field can come from ``CONSUL_*``."""
 
@@ -175,7 +168,13 @@ class ConsulSettings(BaseSettings):
     host: str = "localhost"
     port: int = Field(8500, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
+    unix_socket: str | None = Field(
+        None, description="Path of the agent's HTTP unix socket; used instead of host and port."
+    )
     token: SecretStr | None = None
+    token_file: str | None = Field(
+        None, description="A file holding the token, read by every initialize()."
+    )
     timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias="CONSUL_TIMEOUT")
     datacenter: str | None = None
     max_concurrent_operations: int = Field(10, ge=1, le=100)
@@ -198,28 +197,61 @@ class ConsulSettings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=3600)
     cacert: str | None = None
+    capath: str | None = Field(None, description="A directory of CA certificates.")
     client_cert: str | None = None
     client_key: str | None = None
+    tls_server_name: str | None = Field(
+        None, description="The name sent as SNI and verified in the certificate, not host."
+    )
     verify_tls: bool = Field(True, validation_alias="CONSUL_HTTP_SSL_VERIFY")
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
     checks: CheckSettings = CheckSettings()
 
+    # Where each value was set ("environment variable CONSUL_PORT"), by dotted path.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
     def __init__(self, **values: Any) -> None:
-        """Bad settings raise InfraConfigurationError naming the field.
+        """Bad settings raise InfraConfigurationError naming the field and where it was set.
 
         Not pydantic's ValidationError: for a model-level rule its ``errors()`` carry the
         whole raw input, token included. Raised outside the ``except`` so nothing is chained.
+        ``load_settings`` passes the origins of its values under the private ``_origins`` key.
         """
+        given: dict[str, str] | None = values.pop("_origins", None)
+        error: InfraConfigurationError | None = None
+        origins: dict[str, str] = {}
         try:
-            super().__init__(**values)
+            resolved = resolve(type(self), values, given)
+            origins = resolved.origins
+            if resolved.conflict is not None:
+                field, reason = resolved.conflict
+                error = configuration_error(field, None, reason)
+            else:
+                super().__init__(**resolved.values)
         except ValidationError as exc:
-            error = _configuration_error(exc)
+            error = validation_error(exc, type(self), origins)
         except SettingsError as exc:
-            error = _source_error(exc)
-        else:
-            return
-        raise error
+            error = source_error(exc)
+        if error is None:
+            self._origins = origins
+            error = self._cross_field_error()
+        if error is not None:
+            raise error
+
+    def _cross_field_error(self) -> InfraConfigurationError | None:
+        if self.unix_socket is not None and self.scheme == "https":
+            return configuration_error(
+                "unix_socket",
+                self.origin("unix_socket"),
+                "a unix socket carries plain HTTP, and scheme is 'https' "
+                f"(from {self.origin('scheme') or 'the default'})",
+            )
+        return None
+
+    def origin(self, path: str) -> str | None:
+        """Where the value of ``path`` was set (None for a default)."""
+        return origin_of(self._origins, path)
 
     @classmethod
     def settings_customise_sources(
@@ -230,18 +262,38 @@ class ConsulSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConsulHttpEnvSource(settings_cls))
+        # The environment levels are read and merged by __init__ (see _settings_env), which
+        # hands the result over as init values.
+        return (init_settings,)
 
     @field_validator("host")
     @classmethod
     def _host_is_plain(cls, value: str) -> str:
-        value = value.strip()
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not _HOSTNAME.fullmatch(value):
-                raise ValueError("must be a DNS name or an IP address, nothing more") from None
-        return value
+        return _plain_host(value)
+
+    @field_validator("tls_server_name", mode="before")
+    @classmethod
+    def _server_name_is_plain(cls, value: object) -> object:
+        value = _optional_text(value)
+        return _plain_host(value) if isinstance(value, str) else value
+
+    @field_validator("token_file", "capath", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return _optional_text(value)
+
+    @field_validator("unix_socket", mode="before")
+    @classmethod
+    def _unix_socket_path(cls, value: object) -> object:
+        value = _optional_text(value)
+        if not isinstance(value, str):
+            return value
+        path = value.strip().removeprefix("unix://")
+        if not path.startswith("/") or "\x00" in path:
+            raise ValueError("must be an absolute path (unix:///path/consul.sock or /path)")
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise ValueError(f"is longer than a unix socket path may be ({_UNIX_PATH_MAX} bytes)")
+        return path
 
     @field_validator("scheme", mode="before")
     @classmethod
@@ -263,7 +315,7 @@ class ConsulSettings(BaseSettings):
         # Consul's tokens are printable ASCII. Anything else could not travel in a header
         # (http.client would fail in the worker, holding the token in the error) or is a
         # mistake; the message must not echo the value: it is a secret.
-        if not _TOKEN.fullmatch(value.get_secret_value()):
+        if not is_header_safe_token(value.get_secret_value()):
             raise ValueError("must be printable ASCII without spaces")
         return value
 
@@ -285,6 +337,9 @@ class ConsulSettings(BaseSettings):
 
     @property
     def base_url(self) -> str:
+        """Where requests go: ``http://host:port``, or ``unix:///path`` for a unix socket."""
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -301,7 +356,8 @@ class ConsulSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The settings without secrets, for describe() and logs."""
         data = self.model_dump(mode="json", exclude={"token"})
-        data["token_configured"] = self.token is not None
+        # The token file's path is no secret; what it holds is never read here.
+        data["token_configured"] = self.token is not None or self.token_file is not None
         return data
 
 
@@ -318,40 +374,18 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
 def load_settings(
     base: ConsulSettings | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ConsulSettings:
-    """Build settings for ``initialize()``: ``base`` (or the environment) plus ``overrides``."""
-    overrides = dict(overrides or {})
+    """Build settings for ``initialize()``: ``base`` (or the environment) plus ``overrides``.
+
+    Errors name the initialize() key of a bad override; the base keeps its own origins.
+    """
+    overrides = canonical(ConsulSettings, dict(overrides or {}))
+    origins = {path: initialize_origin(path) for path in leaf_paths(overrides)}
     if base is None:
-        return ConsulSettings(**overrides)
+        return ConsulSettings(**overrides, _origins=origins)
     if not overrides:
         return base
-    return ConsulSettings(**_deep_merge(base.model_dump(), overrides))
-
-
-_ALIASES = {"CONSUL_TIMEOUT": "timeout_seconds", "CONSUL_HTTP_SSL_VERIFY": "verify_tls"}
-
-
-def _source_error(exc: SettingsError) -> InfraConfigurationError:
-    """A variable pydantic-settings could not parse (CONSUL_RETRY='{not json'): name it.
-
-    pydantic-settings says 'error parsing value for field "retry" from source ...'; the raw
-    value is in the chained cause and is not carried along.
-    """
-    match = re.search(r'field "([^"]+)"', str(exc))
-    field = match.group(1) if match else "settings"
-    variable = f"CONSUL_{field.upper()}"
-    return InfraConfigurationError(
-        f"invalid Consul setting {field!r}: environment variable {variable} "
-        "could not be parsed (it must be JSON)",
-        context=ErrorContext(category="configuration", field=field),
-    )
-
-
-def _configuration_error(exc: ValidationError) -> InfraConfigurationError:
-    """Name the field and pydantic's reason, never the value: it may be the token."""
-    first = exc.errors(include_input=False, include_url=False, include_context=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "settings"
-    field = _ALIASES.get(field, field)
-    message = f"invalid Consul setting {field!r}: {first['msg']}"
-    return InfraConfigurationError(
-        message, context=ErrorContext(category="configuration", field=field)
-    )
+    # Unset fields are dumped with their defaults: a base on a unix socket has no address
+    # of its own, and an override chooses between a pair's alternatives for both levels.
+    exclude = {"host", "port"} if base.unix_socket is not None else set()
+    kept = drop_alternatives(overrides, base.model_dump(exclude=exclude))
+    return ConsulSettings(**_deep_merge(kept, overrides), _origins={**base._origins, **origins})

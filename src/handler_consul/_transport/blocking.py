@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 
 from handler_consul._consul import consul_base
 from handler_consul._errors import redact
+from handler_consul._transport.connections import TransportConfig, new_connection
 from handler_consul._transport.errors import (
     HTTPStatusError,
     ResponseTooLarge,
@@ -52,48 +53,6 @@ Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
 # A write that fails with one of these on a reused connection failed because the server had
 # already closed it: nothing of the request can have been read by Consul.
 _DEAD_CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-
-
-class TransportConfig:
-    """Where and how to connect; built once from the settings."""
-
-    __slots__ = (
-        "address",
-        "cacert",
-        "cert",
-        "host",
-        "key",
-        "max_response_bytes",
-        "port",
-        "scheme",
-        "timeout",
-        "verify",
-    )
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        scheme: str,
-        timeout: float,
-        max_response_bytes: int,
-        verify: bool = True,
-        cacert: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.scheme = scheme
-        self.timeout = timeout
-        self.max_response_bytes = max_response_bytes
-        self.verify = verify
-        self.cacert = cacert
-        self.cert = cert
-        self.key = key
-        shown = f"[{host}]" if ":" in host else host
-        self.address = f"{scheme}://{shown}:{port}"
 
 
 # python-consul2 ships no types, hence the ignore.
@@ -198,12 +157,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
     # -- connections ---------------------------------------------------------------------
 
     def _new_connection(self, timeout: float) -> http.client.HTTPConnection:
-        config = self.config
-        if self._ssl_context is not None:
-            return http.client.HTTPSConnection(
-                config.host, config.port, timeout=timeout, context=self._ssl_context
-            )
-        return http.client.HTTPConnection(config.host, config.port, timeout=timeout)
+        return new_connection(self.config, timeout=timeout, ssl_context=self._ssl_context)
 
     def _checkout(self) -> tuple[http.client.HTTPConnection | None, bool]:
         """An idle connection that still looks alive, or None (the caller opens one)."""
