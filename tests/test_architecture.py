@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "_clock": 0,
     "_errors": 0,
     "_validation": 0,
+    "_results": 0,
     "_settings_env": 1,
     "_settings": 2,
     "_envelope": 1,

@@ -21,6 +21,16 @@ from handler_consul._errors import (
     InfraValidationError,
 )
 from handler_consul._handler import HandlerConsul
+from handler_consul._log import CorrelationIdFilter
+from handler_consul._results import (
+    DeregisterResult,
+    KvEntry,
+    KvGetKeysResult,
+    KvGetRecurseResult,
+    KvGetResult,
+    KvPutResult,
+    RegisterResult,
+)
 from handler_consul._settings import BreakerSettings, ConsulSettings, RetrySettings
 from handler_consul._version import __version__
 
@@ -32,6 +42,8 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "ConsulSettings",
+    "CorrelationIdFilter",
+    "DeregisterResult",
     "Envelope",
     "ErrorContext",
     "HandlerConsul",
@@ -44,7 +56,13 @@ __all__ = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "KvEntry",
+    "KvGetKeysResult",
+    "KvGetRecurseResult",
+    "KvGetResult",
+    "KvPutResult",
     "MixinAsyncCircuitBreaker",
+    "RegisterResult",
     "RetrySettings",
     "__version__",
 ]

@@ -1,11 +1,26 @@
-"""The envelope an orchestrator hands in and the response it gets back."""
+"""The envelope an orchestrator hands in and the response it gets back.
+
+``HandlerResponse.result`` is a plain ``dict[str, Any]``, whatever the operation; its typed
+accessors (``as_kv_get()``, ``as_kv_put()`` ...) give the same dict as that operation's
+TypedDict, so a type checker catches ``response.as_kv_get()["valeu"]``, and refuse with a
+``TypeError`` a response of another operation (or another kind of kv_get).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from handler_consul._results import (
+    DeregisterResult,
+    KvGetKeysResult,
+    KvGetRecurseResult,
+    KvGetResult,
+    KvPutResult,
+    RegisterResult,
+)
 
 __all__ = ["MAX_ENVELOPE_TIMEOUT_SECONDS", "Envelope", "HandlerResponse"]
 
@@ -78,6 +93,67 @@ class HandlerResponse(BaseModel):
         _set(response, "__pydantic_extra__", None)
         _set(response, "__pydantic_private__", None)
         return response
+
+    # -- typed results -------------------------------------------------------------------
+    # Each returns ``self.result`` itself (no copy, no validation: the handler built it), typed
+    # as what its operation returns; a response of anything else is a TypeError naming the
+    # accessor that fits it.
+
+    def as_kv_get(self) -> KvGetResult:
+        """The result of a single-key ``consul.kv_get`` (neither recurse nor keys_only)."""
+        return cast(KvGetResult, self._result_for("as_kv_get"))
+
+    def as_kv_get_recurse(self) -> KvGetRecurseResult:
+        """The result of a ``consul.kv_get`` with ``recurse``: ``items`` under ``prefix``."""
+        return cast(KvGetRecurseResult, self._result_for("as_kv_get_recurse"))
+
+    def as_kv_get_keys(self) -> KvGetKeysResult:
+        """The result of a ``consul.kv_get`` with ``keys_only``: ``keys`` under ``prefix``."""
+        return cast(KvGetKeysResult, self._result_for("as_kv_get_keys"))
+
+    def as_kv_put(self) -> KvPutResult:
+        """The result of a ``consul.kv_put``."""
+        return cast(KvPutResult, self._result_for("as_kv_put"))
+
+    def as_register(self) -> RegisterResult:
+        """The result of a ``consul.register``."""
+        return cast(RegisterResult, self._result_for("as_register"))
+
+    def as_deregister(self) -> DeregisterResult:
+        """The result of a ``consul.deregister``."""
+        return cast(DeregisterResult, self._result_for("as_deregister"))
+
+    def _result_for(self, accessor: str) -> dict[str, Any]:
+        result = self.result
+        if _fits(accessor, self.operation, result):
+            return result
+        fitting = next((a for a in _ACCESSORS if _fits(a, self.operation, result)), None)
+        kind = self.operation
+        if kind == "consul.kv_get":
+            kind = _KV_GET_KINDS.get(fitting or "", "consul.kv_get of unknown shape")
+        hint = f"; use {fitting}()" if fitting else ""
+        raise TypeError(f"{accessor}() on a response of {kind}{hint}")
+
+
+# accessor -> (operation, a key only that shape of result has, or None when it has one shape)
+_ACCESSORS: dict[str, tuple[str, str | None]] = {
+    "as_kv_get": ("consul.kv_get", "key"),
+    "as_kv_get_recurse": ("consul.kv_get", "items"),
+    "as_kv_get_keys": ("consul.kv_get", "keys"),
+    "as_kv_put": ("consul.kv_put", None),
+    "as_register": ("consul.register", None),
+    "as_deregister": ("consul.deregister", None),
+}
+_KV_GET_KINDS = {
+    "as_kv_get": "a single-key consul.kv_get",
+    "as_kv_get_recurse": "a consul.kv_get with recurse",
+    "as_kv_get_keys": "a consul.kv_get with keys_only",
+}
+
+
+def _fits(accessor: str, operation: str, result: dict[str, Any]) -> bool:
+    expected, marker = _ACCESSORS[accessor]
+    return operation == expected and (marker is None or marker in result)
 
 
 _new = object.__new__

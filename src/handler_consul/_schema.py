@@ -2,7 +2,7 @@
 
 Everything here is built from the dispatch table, so a new operation shows up without an
 edit: its envelope from ``Operation.payload_model``, its result from the return annotation
-of ``Operation.run`` (the TypedDicts in :mod:`handler_consul._operations`).
+of ``Operation.run`` (the TypedDicts in :mod:`handler_consul._results`).
 
 - ``envelope``: a discriminated union on ``operation``, one variant per operation, whose
   ``payload`` is that operation's strict payload model.
@@ -14,7 +14,6 @@ of ``Operation.run`` (the TypedDicts in :mod:`handler_consul._operations`).
 
 from __future__ import annotations
 
-import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
@@ -72,40 +71,15 @@ def _suffix(name: str) -> str:
     return "".join(part.capitalize() for part in name.split(".")[-1].split("_"))
 
 
-def _models(tp: Any, made: dict[type, type[BaseModel]]) -> Any:
-    """Swap each TypedDict in ``tp`` for an equivalent pydantic model.
-
-    pydantic refuses ``typing.TypedDict`` on Python 3.11; a model with the same fields has
-    the same JSON Schema (a missing key that is ``NotRequired`` becomes a field with a default).
-    """
-    if typing.is_typeddict(tp):
-        if tp not in made:
-            hints = typing.get_type_hints(tp)
-            required: frozenset[str] = getattr(tp, "__required_keys__", frozenset(hints))
-            fields: dict[str, Any] = {
-                name: (_models(hint, made), ... if name in required else None)
-                for name, hint in hints.items()
-            }
-            made[tp] = create_model(tp.__name__, __doc__=tp.__doc__, **fields)
-        return made[tp]
-    args = typing.get_args(tp)
-    origin = typing.get_origin(tp)
-    if not args or origin is Literal:
-        return tp
-    converted = tuple(_models(arg, made) for arg in args)
-    if origin in (Union, types.UnionType):
-        return Union[converted]  # noqa: UP007
-    return origin[converted[0] if len(converted) == 1 else converted]
-
-
 def result_type(operation: Operation) -> Any:
-    """The operation's result type, from its function's return annotation, as models."""
+    """The operation's result type: its function's return annotation (TypedDicts from
+    :mod:`handler_consul._results`, which pydantic takes as they are)."""
     run: Callable[..., Any] = operation.run
     try:
         hints = typing.get_type_hints(run)
     except (NameError, TypeError):
         return dict[str, Any]
-    return _models(hints.get("return", dict[str, Any]), {})
+    return hints.get("return", dict[str, Any])
 
 
 def _const(name: str) -> Any:

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul._client import ConsulClient
+from handler_consul._results import (
+    KvEntry,
+    KvGetKeysResult,
+    KvGetRecurseResult,
+    KvGetResult,
+    KvPutResult,
+)
 from handler_consul._validation import (
     MAX_VALUE_BYTES,
     UINT64_MAX,
@@ -133,48 +140,6 @@ def _value_bytes(value: str | bytes, encoding: str) -> bytes:
         except (binascii.Error, ValueError):
             raise ValueError("is not valid base64") from None
     return value.encode("utf-8")
-
-
-class KvEntry(TypedDict):
-    key: str
-    value: str | None
-    encoding: Literal["utf-8", "base64"] | None
-    flags: int
-    modify_index: int
-    create_index: int
-    lock_index: int
-    session: str | None
-
-
-class KvGetResult(TypedDict):
-    key: str
-    found: bool
-    value: str | None
-    encoding: Literal["utf-8", "base64"] | None
-    flags: int | None
-    modify_index: int | None
-    create_index: int | None
-    lock_index: int | None
-    session: str | None
-    index: int
-
-
-class KvGetRecurseResult(TypedDict):
-    prefix: str
-    found: bool
-    items: list[KvEntry]
-    index: int
-
-
-class KvGetKeysResult(TypedDict):
-    prefix: str
-    keys: list[str]
-    index: int
-
-
-class KvPutResult(TypedDict):
-    key: str
-    applied: bool
 
 
 def _index(raw: Any) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from handler_consul._client import ConsulClient
+from handler_consul._results import DeregisterResult, RegisterResult
 from handler_consul._validation import (
     DEFAULT_CHECK_POLICY,
     CheckPolicy,
@@ -201,17 +202,6 @@ class DeregisterPayload(BaseModel):
     model_config = _STRICT
 
     service_id: ServiceId = Field(validation_alias=_SERVICE_ID_ALIASES)
-
-
-class RegisterResult(TypedDict):
-    service_id: str
-    name: str
-    registered: bool
-
-
-class DeregisterResult(TypedDict):
-    service_id: str
-    deregistered: bool
 
 
 def register(client: ConsulClient, payload: RegisterPayload) -> RegisterResult:
