@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "_retry": 9,
     "_runtime": 10,
     "_lifecycle": 11,
+    "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,
     "": 13,  # handler_consul/__init__.py: the public API
     "cli.devagent": 14,

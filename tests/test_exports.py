@@ -84,7 +84,7 @@ def test_py_typed_is_in_the_build(tmp_path):
     root = Path(__file__).resolve().parents[1]
     source = tmp_path / "src-copy"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(root / name, source / name)
     shutil.copytree(
         root / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
@@ -99,7 +99,7 @@ def test_py_typed_is_in_the_build(tmp_path):
             "--no-deps",
             "--no-build-isolation",
             "--disable-pip-version-check",
-            "-q",
+            "-v",  # the backend's own output, so its warnings can be checked below
             "-w",
             str(wheels),
             str(source),
@@ -109,7 +109,12 @@ def test_py_typed_is_in_the_build(tmp_path):
         timeout=300,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # A clean build: no SetuptoolsDeprecationWarning (a `license` table, license classifiers,
+    # ...) nor any other SetuptoolsWarning.
+    assert "Deprecat" not in output, output
+    assert "SetuptoolsWarning" not in output, output
     (wheel,) = wheels.glob("handler_consul-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "handler_consul/py.typed" in names
@@ -119,3 +124,12 @@ def test_py_typed_is_in_the_build(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[infra_handlers]" in text
     assert "consul = handler_consul:HandlerConsul" in text
+    metadata_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    metadata = zipfile.ZipFile(wheel).read(metadata_name).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata
+    assert "Requires-Python: >=3.11\n" in metadata
+    for minor in (11, 12, 13):
+        assert f"Classifier: Programming Language :: Python :: 3.{minor}" in metadata
+    assert "Provides-Extra: otel" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

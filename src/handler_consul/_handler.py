@@ -13,7 +13,7 @@ import random
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from uuid import UUID
 
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
@@ -29,10 +29,19 @@ from handler_consul._lifecycle import Lifecycle
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
 from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
+from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
 from handler_consul._settings import BreakerSettings, ConsulSettings
 from handler_consul._validation import DEFAULT_CHECK_POLICY
 from handler_consul._version import __version__
+
+if TYPE_CHECKING:
+    # Only for type checkers: at run time OpenTelemetry is imported (by _telemetry) only when
+    # a provider is handed in, so a handler without one never loads it.
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from handler_consul._telemetry import Telemetry
 
 __all__ = ["HandlerConsul"]
 
@@ -52,11 +61,16 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         clock: Clock = monotonic,
         rng: Callable[[], float] = random.random,
         sleep: Sleep | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._base_settings = settings
         self._clock = clock
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
+        self._telemetry: Telemetry | None = None
+        if tracer_provider is not None or meter_provider is not None:
+            self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
     def __repr__(self) -> str:
         runtime = self._lifecycle.runtime
@@ -92,19 +106,70 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
     ) -> None:
         await self.shutdown()
 
+    # -- telemetry -----------------------------------------------------------------------
+
+    def instrument(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        """Report spans and metrics to these OpenTelemetry providers (the ``otel`` extra).
+
+        A span per envelope and the ``consul.client.*`` metrics of
+        docs/patterns/observability.md. Replaces what an earlier call (or the constructor)
+        set; with neither provider, telemetry is off again. Until it is called, the handler
+        never imports OpenTelemetry.
+        """
+        old, self._telemetry = self._telemetry, None
+        if old is not None:
+            old.close()
+        if tracer_provider is None and meter_provider is None:
+            return
+        from handler_consul._telemetry import Telemetry  # only now: it imports OpenTelemetry
+
+        self._telemetry = Telemetry(
+            runtime=lambda: self._lifecycle.runtime,
+            breakers=lambda: self._cb_breakers.values(),
+            base=self._base_settings,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+
     # -- execute -----------------------------------------------------------------------
 
     async def execute(self, envelope: Envelope | Mapping[str, Any]) -> HandlerResponse:
         """Run one envelope; return a HandlerResponse or raise an InfraError subclass."""
         started = self._clock()
+        telemetry = self._telemetry
+        if telemetry is not None:
+            return await self._execute_observed(envelope, started, telemetry)
         try:
-            return await self._execute(envelope, started)
+            return await self._execute(envelope, started, None)
         except InfraError as error:
             log_envelope_failure(error, self._clock() - started)
             raise
 
+    async def _execute_observed(
+        self, envelope: Envelope | Mapping[str, Any], started: float, telemetry: Telemetry
+    ) -> HandlerResponse:
+        """``execute()`` inside the envelope's span, with its outcome measured."""
+        with telemetry.envelope(envelope) as observed:
+            try:
+                response = await self._execute(envelope, started, telemetry)
+            except InfraError as error:
+                seconds = self._clock() - started
+                log_envelope_failure(error, seconds)
+                observed.failed(error, seconds)
+                raise
+            observed.succeeded(response)
+            return response
+
     async def _execute(
-        self, envelope: Envelope | Mapping[str, Any], started: float
+        self,
+        envelope: Envelope | Mapping[str, Any],
+        started: float,
+        observer: AttemptObserver | None,
     ) -> HandlerResponse:
         lifecycle = self._lifecycle
         runtime = lifecycle.runtime
@@ -129,7 +194,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         breaker = self.circuit_breaker(datacenter)
         with lifecycle.admitted():
             result, attempts = await runtime.attempts.run(
-                breaker, operation, payload, fields, started + timeout
+                breaker, operation, payload, fields, started + timeout, observer
             )
         duration = self._clock() - started
         log_envelope_success(operation.name, correlation_id, attempts, duration)

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from handler_consul._breaker import CircuitBreaker
 from handler_consul._client import ConsulClient
@@ -32,7 +32,14 @@ from handler_consul._pool import BoundedThreadPool, PoolClosed
 from handler_consul._settings import RetrySettings
 from handler_consul._translate import translate
 
-__all__ = ["Attempts", "RetryBudget", "backoff_seconds", "shut_down_error", "sleep_budget"]
+__all__ = [
+    "AttemptObserver",
+    "Attempts",
+    "RetryBudget",
+    "backoff_seconds",
+    "shut_down_error",
+    "sleep_budget",
+]
 
 _UNCOUNTED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
@@ -111,6 +118,17 @@ class RetryBudget:
             "balance": self._balance(),
         }
 
+    def peek_balance(self) -> float:
+        """The balance now, without sliding the window: it only reads, so a metrics export
+        thread may call it while the event loop spends (it may then be one entry off)."""
+        calls, retries = self._total_calls, self._total_retries
+        stale = min(self._epoch_now() - self._epoch, self._BUCKETS)
+        for step in range(1, stale + 1):
+            slot = (self._epoch + step) % self._BUCKETS
+            calls -= self._calls[slot]
+            retries -= self._retries[slot]
+        return self._reserve + self._ratio * calls - retries
+
     def _balance(self) -> float:
         return self._reserve + self._ratio * self._total_calls - self._total_retries
 
@@ -140,6 +158,16 @@ def sleep_budget(remaining_seconds: float, delay: float) -> float | None:
     if delay < remaining_seconds:
         return delay
     return None
+
+
+class AttemptObserver(Protocol):
+    """Told of an envelope's retry decisions (telemetry). Without one, nothing is called."""
+
+    def retrying(
+        self, fields: ContextFields, error: InfraError, attempt: int, delay: float
+    ) -> None: ...
+
+    def budget_exhausted(self, fields: ContextFields, error: InfraError, attempt: int) -> None: ...
 
 
 def shut_down_error(started: bool = False) -> PoolClosed:
@@ -188,8 +216,12 @@ class Attempts:
         payload: Any,
         fields: ContextFields,
         deadline: float,
+        observer: AttemptObserver | None = None,
     ) -> tuple[dict[str, Any], int]:
-        """The result and the number of attempts, or the translated error of the last one."""
+        """The result and the number of attempts, or the translated error of the last one.
+
+        ``observer``, when given, hears of each retry and of each retry the budget refused.
+        """
         clock = self._clock
         attempt = 0
         # Whether any attempt so far may have reached Consul, or may have been applied: an
@@ -247,8 +279,12 @@ class Attempts:
                 permit.success(clock() - call_started)
                 # Operations build a fresh dict per call (their TypedDicts): no copy needed.
                 return result, attempt  # type: ignore[return-value]
-            delay = self._retry_delay(operation, payload, error, attempt, deadline)
+            delay = self._retry_delay(
+                operation, payload, error, attempt, deadline, fields, observer
+            )
             log_attempt_failure(fields, error, attempt, clock() - call_started, delay is not None)
+            if delay is not None and observer is not None:
+                observer.retrying(fields, error, attempt, delay)
             if delay is None:
                 raise carry_outcome(error, sent, unknown)
             await self._sleep(delay, fields, attempt, sent)
@@ -283,7 +319,14 @@ class Attempts:
         await self._sleep(wait, fields, attempt, sent)
 
     def _retry_delay(
-        self, operation: Operation, payload: Any, error: InfraError, attempt: int, deadline: float
+        self,
+        operation: Operation,
+        payload: Any,
+        error: InfraError,
+        attempt: int,
+        deadline: float,
+        fields: ContextFields,
+        observer: AttemptObserver | None,
     ) -> float | None:
         """The backoff before the next attempt, or None when this error ends the envelope."""
         if not error.retryable or attempt >= self.policy.max_attempts:
@@ -292,7 +335,11 @@ class Attempts:
             return None
         delay = backoff_seconds(self.policy, attempt, self._rng)
         wait = sleep_budget(deadline - self._clock(), delay)
-        if wait is None or not self.budget.try_spend():
+        if wait is None:
+            return None
+        if not self.budget.try_spend():
+            if observer is not None:
+                observer.budget_exhausted(fields, error, attempt)
             return None
         return wait
 
