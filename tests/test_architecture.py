@@ -52,9 +52,18 @@ LAYERS: dict[str, int] = {
     "": 13,  # handler_consul/__init__.py: the public API
     "cli.devagent": 14,
     "cli.logs": 14,
+    "cli.output": 14,  # exit codes and stdout; light, for --help
+    "cli.jsonl": 14,
+    "cli.progress": 14,
+    "cli.parser": 15,  # argparse only, for --help
     "cli.common": 15,
     "cli.run": 16,
     "cli.demo": 16,
+    "cli.validate": 16,
+    "cli.kv": 16,
+    "cli.services": 16,
+    "cli.exec_cmd": 16,
+    "cli.info": 16,
     "cli.main": 17,
     "cli": 18,
     "cli.__main__": 19,

@@ -52,7 +52,8 @@ def test_exec_reads_the_envelope_from_stdin_or_a_file(
     assert json.loads(from_stdin.stdout)["result"]["value"] == "from-file"
 
 
-def test_exec_failure_prints_the_error_dict_and_exits_1(consul_agent: ConsulAgent) -> None:
+def test_exec_refusal_prints_the_error_dict_and_exits_2(consul_agent: ConsulAgent) -> None:
+    # Invalid input is exit 2 (nothing was sent); a failure at Consul is exit 1.
     correlation_id = str(uuid.uuid4())
     envelope = {
         **kv_put("../agent/service/deregister/payments", "x"),
@@ -61,7 +62,7 @@ def test_exec_failure_prints_the_error_dict_and_exits_1(consul_agent: ConsulAgen
 
     result = cli("exec", json.dumps(envelope), env=agent_env(consul_agent))
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     error = json.loads(result.stdout)
     assert error["status"] == "error"
     assert error["error"] == "InfraValidationError"
@@ -93,7 +94,8 @@ def test_exec_against_an_unreachable_consul_exits_3(dead_port: int) -> None:
 
 
 def test_usage_errors_exit_2_and_there_is_no_token_option() -> None:
-    no_envelope = cli("exec", env=clean_env())
+    # exec reads a stdin that is not a terminal: an empty one is the missing envelope.
+    no_envelope = cli("exec", env=clean_env(), stdin="")
     secret = f"sentinel-{uuid.uuid4()}"
     token_args = [
         cli("--token", secret, "health", env=clean_env()),

@@ -1,40 +1,51 @@
-"""Exit codes, JSON output and error lines, and starting/stopping the handler for a command."""
+"""What the commands share: error lines, one envelope from validation to response, the
+handler's start and stop, and one request with the internal client.
+
+The commands import this module only once they run, so ``--help`` never loads the handler.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
 
-from handler_consul._errors import ErrorContext, InfraError, InfraValidationError
+from handler_consul._client import ConsulClient
+from handler_consul._envelope import HandlerResponse
+from handler_consul._errors import (
+    ContextFields,
+    ErrorContext,
+    InfraConfigurationError,
+    InfraConnectionError,
+    InfraError,
+    InfraValidationError,
+)
 from handler_consul._handler import HandlerConsul
 from handler_consul._operations import OPERATIONS
+from handler_consul._parsing import parse_envelope
+from handler_consul._runtime import build_client
+from handler_consul._settings import ConsulSettings, load_settings
+from handler_consul._translate import translate
+from handler_consul.cli.output import (
+    EXIT_FAILED,
+    EXIT_NOT_STARTED,
+    EXIT_USAGE,
+    emit,
+    warn,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_STARTED = 3
-EXIT_INTERRUPTED = 130
+T = TypeVar("T")
 
 logger = logging.getLogger("handler_consul.cli")
 
 
-class UsageError(Exception):
-    """Bad arguments or unreadable input: exit 2 with the message on stderr."""
-
-
-# -- output ----------------------------------------------------------------------------------
-
-
-def emit(data: Any, *, pretty: bool = False) -> None:
-    text = json.dumps(data, indent=2 if pretty else None, separators=None if pretty else (",", ":"))
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+# -- error lines -----------------------------------------------------------------------------
 
 
 def _uuid_or_none(value: Any) -> str | None:
@@ -68,6 +79,32 @@ def error_line(error: InfraError, raw: Any = None, line: int | None = None) -> d
     return data
 
 
+def brief(error: InfraError) -> str:
+    """One human line: the class, the field when the input was refused, the message."""
+    if isinstance(error, InfraValidationError) and error.errors:
+        first = error.errors[0]
+        return f"{type(error).__name__} ({first['field']}): {first['message']}"
+    return f"{type(error).__name__}: {error.message}"
+
+
+def report_error(error: InfraError, raw: Any = None, *, as_json: bool) -> None:
+    """JSON on stdout (where a script reads results), or one line on stderr for a person."""
+    if as_json:
+        emit(error_line(error, raw))
+    else:
+        warn(f"Error! {brief(error)}")
+
+
+def exit_code_for(error: InfraError) -> int:
+    """2 when the input was refused (nothing sent), 3 when the handler could not start or
+    reach Consul before anything was sent, else 1."""
+    if isinstance(error, InfraValidationError):
+        return EXIT_USAGE
+    if isinstance(error, InfraConfigurationError):
+        return EXIT_NOT_STARTED
+    return EXIT_FAILED
+
+
 def input_error(message: str) -> InfraValidationError:
     return InfraValidationError(
         message, context=ErrorContext(category="validation", field="envelope")
@@ -84,20 +121,108 @@ def parse_json(text: str | bytes) -> tuple[Any, InfraValidationError | None]:
         return None, input_error(f"input is not JSON: {exc.msg} at column {exc.colno}")
 
 
+# -- settings and validation, before anything connects ---------------------------------------
+
+
+def settings_for(config: Mapping[str, Any]) -> ConsulSettings:
+    """The settings ``initialize(config)`` would use; InfraConfigurationError if invalid."""
+    return load_settings(None, config)
+
+
+def check_envelope(envelope: Any, settings: ConsulSettings) -> None:
+    """The handler's own parsing and payload validation, with no Consul: InfraValidationError
+    naming the field, exactly as ``execute()`` would refuse the envelope.
+
+    The settings give the same check-target rules the configured handler applies (a health
+    check may not aim at Consul's own address, so they depend on it) and the error's target.
+    """
+    parse_envelope(envelope, settings.breaker_name, settings.datacenter, settings.check_policy)
+
+
 # -- the handler -----------------------------------------------------------------------------
 
 
-async def start_handler(config: Mapping[str, Any]) -> HandlerConsul | None:
-    """An initialized handler, or None after printing why it could not start."""
+async def start_handler(config: Mapping[str, Any]) -> HandlerConsul:
+    """An initialized handler; InfraError when it cannot start."""
     handler = HandlerConsul()
-    try:
-        await handler.initialize(config)
-    except InfraError as error:
-        emit(error_line(error))
-        return None
+    await handler.initialize(config)
     return handler
 
 
 async def stop_handler(handler: HandlerConsul) -> None:
     with anyio.CancelScope(shield=True):
         await handler.shutdown()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an envelope did not succeed, and the exit status that means."""
+
+    error: InfraError
+    exit_code: int
+
+    def report(self, raw: Any = None, *, as_json: bool) -> int:
+        report_error(self.error, raw, as_json=as_json)
+        return self.exit_code
+
+
+async def execute_once(config: Mapping[str, Any], envelope: Any) -> HandlerResponse | Failure:
+    """Settings, then validation, then initialize, then execute.
+
+    Validation comes before initialize so that a typo (``consul.kv_gte``) is reported as the
+    invalid input it is (exit 2), not as "Consul unreachable" when the agent is down.
+    """
+    try:
+        check_envelope(envelope, settings_for(config))
+    except InfraError as error:
+        return Failure(error, exit_code_for(error))
+    try:
+        handler = await start_handler(config)
+    except InfraError as error:
+        return Failure(error, EXIT_NOT_STARTED)
+    try:
+        return await handler.execute(envelope)
+    except InfraError as error:
+        return Failure(error, exit_code_for(error))
+    finally:
+        await stop_handler(handler)
+
+
+# -- one request with the internal client ----------------------------------------------------
+
+
+async def call_client(
+    config: Mapping[str, Any], operation: str, work: Callable[[ConsulClient], T]
+) -> T:
+    """Run ``work(client)`` once in a worker thread with the handler's internal client.
+
+    For what has no operation yet (``kv delete``, ``services list``, the demo's cleanup):
+    the same transport, address rules and token header as the handler, but one attempt,
+    without the handler's pool, breaker or retries. Failures are translated at the package's
+    one boundary, so they read like the handler's own errors. The caller validates any input
+    that reaches a URL path first, with the operations' rules.
+    """
+    settings = settings_for(config)
+    token = settings.token.get_secret_value() if settings.token is not None else None
+    client = build_client(settings)
+    failure: InfraError | None = None
+    try:
+        return await anyio.to_thread.run_sync(work, client)
+    except Exception as exc:
+        fields = ContextFields(operation, None, settings.breaker_name, settings.datacenter)
+        failure = translate(exc, fields, attempts=1, token=token)
+    finally:
+        client.http.close()
+    # Raised here, outside the except block: the translated error carries what it may.
+    raise failure
+
+
+def client_exit_code(error: InfraError) -> int:
+    """For a direct request: unreachable counts as "could not start", as for the handler."""
+    if isinstance(error, InfraConnectionError) and not error.context.request_sent:
+        return EXIT_NOT_STARTED
+    return exit_code_for(error)
+
+
+def stdin_bytes() -> bytes:
+    return sys.stdin.buffer.read()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -14,16 +13,9 @@ import anyio
 
 from handler_consul._errors import InfraError, InfraValidationError
 from handler_consul._handler import HandlerConsul
-from handler_consul._runtime import build_client
-from handler_consul._settings import load_settings
-from handler_consul.cli.common import (
-    EXIT_FAILED,
-    EXIT_NOT_STARTED,
-    EXIT_OK,
-    start_handler,
-    stop_handler,
-)
+from handler_consul.cli.common import call_client, report_error, start_handler, stop_handler
 from handler_consul.cli.devagent import DevAgent, DevAgentError
+from handler_consul.cli.output import EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OK, say, warn
 
 _CONFIGURED_ENV = ("CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_ADDR")
 
@@ -35,10 +27,6 @@ def consul_configured(args: argparse.Namespace) -> bool:
     if getattr(args, "host", None) is not None or getattr(args, "port", None) is not None:
         return True
     return any(os.environ.get(name, "").strip() for name in _CONFIGURED_ENV)
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 async def _demo_step(
@@ -59,8 +47,10 @@ async def _demo_step(
 
 async def run_demo(config: Mapping[str, Any], where: str) -> int:
     """register -> kv_put -> kv_get -> a refused traversal key -> deregister, then clean up."""
-    handler = await start_handler(config)
-    if handler is None:
+    try:
+        handler = await start_handler(config)
+    except InfraError as problem:
+        report_error(problem, as_json=True)
         return EXIT_NOT_STARTED
     suffix = uuid.uuid4().hex[:8]
     service_id = f"handler-consul-demo-{suffix}"
@@ -164,13 +154,10 @@ async def _demo_cleanup(
             )
         except InfraError as error:
             say(f"  cleanup: could not deregister {service_id}: {_brief(error)}")
-    client = build_client(load_settings(None, config))
     try:
-        await anyio.to_thread.run_sync(client.kv.delete, key)
-    except Exception as exc:
-        say(f"  cleanup: could not delete {key}: {type(exc).__name__}")
-    finally:
-        client.http.close()
+        await call_client(config, "kv delete", lambda client: client.kv.delete(key))
+    except InfraError as error:
+        say(f"  cleanup: could not delete {key}: {_brief(error)}")
 
 
 def cmd_demo(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -181,7 +168,7 @@ def cmd_demo(args: argparse.Namespace, config: dict[str, Any]) -> int:
     try:
         agent = DevAgent()
     except DevAgentError as exc:
-        print(f"handler-consul demo: {exc}", file=sys.stderr)
+        warn(f"handler-consul demo: {exc}")
         return EXIT_NOT_STARTED
     say(f"handler-consul demo: no Consul configured; starting {agent.version()} locally")
     try:
@@ -197,7 +184,7 @@ def cmd_demo(args: argparse.Namespace, config: dict[str, Any]) -> int:
         }
         return anyio.run(run_demo, local, f"{agent.url} (throwaway agent, pid {agent.pid})")
     except DevAgentError as exc:
-        print(f"handler-consul demo: {exc}", file=sys.stderr)
+        warn(f"handler-consul demo: {exc}")
         return EXIT_NOT_STARTED
     finally:
         agent.stop()

@@ -1,88 +1,45 @@
-"""``handler-consul run``: JSON Lines in, one JSON line out per envelope, bounded concurrency."""
+"""``handler-consul run``: JSON Lines in, one line out per envelope, bounded concurrency."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
+from anyio import CancelScope
 from anyio.abc import ObjectReceiveStream
 
 from handler_consul._errors import InfraError
 from handler_consul._handler import HandlerConsul
 from handler_consul.cli.common import (
-    EXIT_FAILED,
-    EXIT_NOT_STARTED,
-    EXIT_OK,
-    UsageError,
-    emit,
     error_line,
     input_error,
     parse_json,
+    report_error,
     start_handler,
     stop_handler,
 )
+from handler_consul.cli.jsonl import MAX_LINE_BYTES, Line, count_lines, read_lines
+from handler_consul.cli.output import (
+    EXIT_FAILED,
+    EXIT_NOT_STARTED,
+    EXIT_OK,
+    EXIT_STDOUT_CLOSED,
+    StdoutClosed,
+    UsageError,
+    emit,
+    is_tty,
+    say,
+    stdout_closed,
+    wants_json,
+)
+from handler_consul.cli.progress import BAR_REFRESH_SECONDS, Progress
 
-# A line longer than this is answered with an error line and skipped, not buffered forever.
-MAX_LINE_BYTES = 4 * 1024 * 1024
-_READ_CHUNK = 64 * 1024
-
-# -- run -------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunStats:
-    started: float = field(default_factory=time.monotonic)
-    processed: int = 0
-    ok: int = 0
-    failed: int = 0
-    in_flight: int = 0
-
-    def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (
-            f"handler-consul run: {self.processed} processed, {self.ok} ok, "
-            f"{self.failed} failed, {self.in_flight} in flight, "
-            f"{self.processed / elapsed:.1f}/s, {elapsed:.1f}s"
-        )
-
-
-async def _lines(stream: IO[bytes]) -> AsyncIterator[tuple[int, bytes | None]]:
-    """(line number, bytes) per non-blank line; None for a line over MAX_LINE_BYTES.
-
-    Reads with ``read1`` in a worker thread so a pipe that trickles is answered as it
-    arrives rather than when a whole buffer fills.
-    """
-    read1: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
-    buffer = b""
-    lineno = 0
-    oversized = False
-    while True:
-        chunk = await anyio.to_thread.run_sync(read1, _READ_CHUNK)
-        eof = not chunk
-        buffer += chunk
-        while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                break
-            text, buffer = buffer[:newline], buffer[newline + 1 :]
-            lineno += 1
-            if oversized:
-                oversized = False
-                yield lineno, None
-            elif text.strip():
-                yield lineno, text
-        if len(buffer) > MAX_LINE_BYTES:
-            oversized, buffer = True, b""
-        if eof:
-            if oversized or buffer.strip():
-                lineno += 1
-                yield lineno, None if oversized else buffer
-            return
+# -- one envelope ----------------------------------------------------------------------------
 
 
 async def _run_one(handler: HandlerConsul, lineno: int, text: bytes | None) -> dict[str, Any]:
@@ -101,69 +58,125 @@ async def _run_one(handler: HandlerConsul, lineno: int, text: bytes | None) -> d
     return data
 
 
+def text_line(data: Mapping[str, Any]) -> str:
+    """One human line per envelope, for a terminal."""
+    if data.get("status") == "success":
+        result = json.dumps(data["result"], separators=(",", ":"))
+        return f"line {data['line']}: ok {data['operation']} {result}"
+    field = data.get("context", {}).get("field")
+    where = f" ({field})" if field else ""
+    return f"line {data['line']}: error {data['error']}{where}: {data['message']}"
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+
 async def _worker(
     handler: HandlerConsul,
-    receive: ObjectReceiveStream[tuple[int, bytes | None]],
-    stats: RunStats,
+    receive: ObjectReceiveStream[Line],
+    progress: Progress,
+    write: Callable[[dict[str, Any]], None],
+    stop: CancelScope,
 ) -> None:
     async with receive:
         async for lineno, text in receive:
-            stats.in_flight += 1
+            progress.in_flight += 1
             try:
                 data = await _run_one(handler, lineno, text)
             finally:
-                stats.in_flight -= 1
-            stats.processed += 1
+                progress.in_flight -= 1
+            progress.processed += 1
             if data.get("status") == "success":
-                stats.ok += 1
+                progress.ok += 1
             else:
-                stats.failed += 1
-            emit(data)
-
-
-async def _progress(stats: RunStats, interval: float) -> None:
-    while True:
-        await anyio.sleep(interval)
-        print(stats.line(), file=sys.stderr, flush=True)
+                progress.failed += 1
+            try:
+                write(data)
+            except StdoutClosed:
+                # Nobody reads the answers any more: stop taking envelopes. A task group
+                # that raised would end in an ExceptionGroup traceback instead.
+                stop.cancel()
+                return
 
 
 async def run_stream(
-    handler: HandlerConsul, source: IO[bytes], concurrency: int, stats: RunStats
+    handler: HandlerConsul,
+    fd: int,
+    concurrency: int,
+    progress: Progress,
+    write: Callable[[dict[str, Any]], None],
 ) -> None:
     """N workers take lines from a stream of capacity N; reading waits when all are busy."""
-    send, receive = anyio.create_memory_object_stream[tuple[int, bytes | None]](concurrency)
+    send, receive = anyio.create_memory_object_stream[Line](concurrency)
     async with anyio.create_task_group() as tg:
         async with receive:
             for _ in range(concurrency):
-                tg.start_soon(_worker, handler, receive.clone(), stats)
+                tg.start_soon(_worker, handler, receive.clone(), progress, write, tg.cancel_scope)
         async with send:
-            async for item in _lines(source):
+            async for item in read_lines(fd):
                 await send.send(item)
+
+
+async def _show_progress(progress: Progress, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        progress.tick()
+
+
+def _writer(progress: Progress, as_json: bool) -> Callable[[dict[str, Any]], None]:
+    shared_terminal = progress.tty and is_tty(sys.stdout)
+
+    def write(data: dict[str, Any]) -> None:
+        if shared_terminal:
+            progress.clear()  # the bar is redrawn on its next tick, below this line
+        if as_json:
+            emit(data)
+        else:
+            say(text_line(data))
+
+    return write
+
+
+def _open_input(args: argparse.Namespace) -> tuple[int, bool]:
+    """The input's file descriptor, and whether it is ours to close."""
+    if args.file is None:
+        return sys.stdin.fileno(), False
+    try:
+        return os.open(args.file, os.O_RDONLY), True
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
 
 
 async def cmd_run(args: argparse.Namespace, config: Mapping[str, Any]) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    as_json = wants_json(args.format)
+    fd, owned = _open_input(args)
     try:
-        source: IO[bytes] = args.file.open("rb") if args.file is not None else sys.stdin.buffer
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    stats = RunStats()
-    try:
-        handler = await start_handler(config)
-        if handler is None:
+        tty = is_tty(sys.stderr)
+        # The total (for percent and ETA) is known when the input is a regular file.
+        progress = Progress(sys.stderr, tty=tty, total=count_lines(fd))
+        interval: float = args.progress_interval
+        if tty and interval > 0:
+            interval = BAR_REFRESH_SECONDS  # a bar in place: redraws are cheap and quiet
+        try:
+            handler = await start_handler(config)
+        except InfraError as error:
+            report_error(error, as_json=as_json)
             return EXIT_NOT_STARTED
-        concurrency = args.concurrency or handler.describe()["max_concurrent_operations"]
+        concurrency = int(args.concurrency or handler.describe()["max_concurrent_operations"])
         try:
             async with anyio.create_task_group() as outer:
-                if args.progress_interval > 0:
-                    outer.start_soon(_progress, stats, args.progress_interval)
-                await run_stream(handler, source, int(concurrency), stats)
+                if interval > 0:
+                    outer.start_soon(_show_progress, progress, interval)
+                await run_stream(handler, fd, concurrency, progress, _writer(progress, as_json))
                 outer.cancel_scope.cancel()
         finally:
             await stop_handler(handler)
-            print(stats.line(), file=sys.stderr, flush=True)
+            progress.finish()
     finally:
-        if args.file is not None:
-            source.close()
-    return EXIT_FAILED if stats.failed else EXIT_OK
+        if owned:
+            os.close(fd)
+    if stdout_closed():
+        return EXIT_STDOUT_CLOSED
+    return EXIT_FAILED if progress.failed else EXIT_OK
