@@ -1,10 +1,11 @@
 """The docs in docs/patterns/ are true: their python samples run, their JSON samples validate,
 and every test they cite as proof exists.
 
-Each ```python block runs as the body of a coroutine (top-level ``await`` is allowed) against
-the shared dev agent, found through CONSUL_HOST / CONSUL_PORT as a user's code would find it.
-Each ```json block that is an envelope, a success response or an error dict is validated
-against the models the handler and the CLI use. Each ``tests/<file>.py::<test>`` that
+Each ```python block of every page is a complete script (``asyncio.run(main())``, no top-level
+``await``) and runs as one, in a subprocess, against the shared dev agent, found through
+CONSUL_HOST / CONSUL_PORT as a user's code would find it. Each ```json block of our pages
+that is an envelope, a success response or an error dict is validated against the models the
+handler and the CLI use. Each ``tests/<file>.py::<test>`` that
 resilience.md names must be a test function defined in that file.
 """
 
@@ -13,28 +14,32 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import ConsulAgent
+from support import agent_env
 
 from handler_consul._schema import ErrorLine, envelope_adapter, response_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "patterns"
-OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md"]
+OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md", "observability.md"]
+PAGES = sorted(p.name for p in DOCS.glob("*.md"))
 # ```json refused marks an envelope the docs show being refused: it must fail validation.
 _FENCE = re.compile(r"^```(\w*)[ ]*([\w ]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # A cited test: `tests/test_retries.py::test_name`, as resilience.md writes them.
 _CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)::(test_\w+)`")
 
 
-def blocks(language: str) -> list[tuple[str, str]]:
-    """(id, code) of every fenced block in ``language`` in our pages; the id names the page,
+def blocks(language: str, pages: list[str]) -> list[tuple[str, str]]:
+    """(id, code) of every fenced block in ``language`` in ``pages``; the id names the page,
     the line and the block's info words (``refused``)."""
     found = []
-    for page in OURS:
+    for page in pages:
         text = (DOCS / page).read_text()
         for n, match in enumerate(m for m in _FENCE.finditer(text) if m.group(1) == language):
             line = text[: match.start()].count("\n") + 1
@@ -43,8 +48,8 @@ def blocks(language: str) -> list[tuple[str, str]]:
     return found
 
 
-PYTHON = blocks("python")
-JSON = blocks("json")
+PYTHON = blocks("python", PAGES)
+JSON = blocks("json", OURS)
 
 
 def test_every_page_has_samples() -> None:
@@ -81,18 +86,35 @@ def test_every_test_resilience_md_cites_exists() -> None:
 
 
 @pytest.mark.parametrize(("where", "code"), PYTHON, ids=[i for i, _ in PYTHON])
-async def test_python_sample_runs(
-    where: str, code: str, consul_agent: ConsulAgent, monkeypatch: pytest.MonkeyPatch
+def test_python_sample_is_a_script(where: str, code: str) -> None:
+    """What a reader pastes into a file runs: no top-level ``await`` (a SyntaxError outside
+    a notebook), and a sample that awaits starts its own event loop."""
+    try:
+        ast.parse(code, where)
+    except SyntaxError as exc:
+        pytest.fail(f"{where} is not a script: {exc}")
+    if re.search(r"\bawait\b|\basync (with|for)\b", code):
+        assert "asyncio.run(main())" in code, f"{where} awaits but never starts a loop"
+
+
+@pytest.mark.parametrize(("where", "code"), PYTHON, ids=[i for i, _ in PYTHON])
+def test_python_sample_runs(
+    where: str, code: str, consul_agent: ConsulAgent, tmp_path: Path
 ) -> None:
-    for name in ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_TOKEN", "CONSUL_DATACENTER"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CONSUL_HOST", consul_agent.host)
-    monkeypatch.setenv("CONSUL_PORT", str(consul_agent.port))
-    compiled = compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    namespace: dict[str, Any] = {"__name__": "__docs__"}
-    result = eval(compiled, namespace)  # our own docs
-    if result is not None:
-        await result
+    page, _, rest = where.partition(":")
+    script = tmp_path / f"{page.removesuffix('.md')}_{rest.split('#')[0]}.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=agent_env(consul_agent),  # no CONSUL_* of the developer's shell, the agent's address
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"{where}\n{result.stdout}\n{result.stderr}"
+    assert "Logging error" not in result.stderr, result.stderr
 
 
 def _kind(sample: Any) -> str | None:
