@@ -101,7 +101,14 @@ def _on_sigterm(signum: int, frame: Any) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, a usage error: flushed here too, not at exit
+        try:
+            flush_stdout()
+        except StdoutClosed:
+            return EXIT_STDOUT_CLOSED
+        raise
     configure_logging(args.log_level, args.log_format)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         # So `finally` blocks run (the demo agent is stopped) when we are terminated.

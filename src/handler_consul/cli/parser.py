@@ -322,7 +322,7 @@ def _other_commands(commands: _Commands) -> None:
     p.add_argument(
         "--no-connect", action="store_true", help="do not initialize (no request to Consul)"
     )
-    _add_format(p)
+    _add_format(p, "how an error is shown: text or json (describe itself is indented JSON)")
 
     p = commands.add(
         "health",
