@@ -13,10 +13,12 @@ safe in any format string, and :func:`record_fields` gives a record's structured
 from __future__ import annotations
 
 import logging
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
-from handler_consul._errors import ContextFields, InfraError
+if TYPE_CHECKING:  # only annotations: importing _log (record_fields, the filter) stays light
+    from uuid import UUID
+
+    from handler_consul._errors import ContextFields, InfraError
 
 __all__ = [
     "ENVELOPE_FIELDS",
