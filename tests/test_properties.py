@@ -29,10 +29,8 @@ Profiles (``HYPOTHESIS_PROFILE``):
   long          random examples; ``PROPERTY_EXAMPLES`` per property test (default 25,000, i.e.
                 100,000 envelopes). Run it with ``scripts/property-run`` (see its header).
 
-Bugs these properties found are pinned by example tests at the end of this file: the fixed
-ones as plain tests, the open ones as strict xfails, each open one also excluded from the
-properties by an ``assume(...)`` marked "remove when ... is fixed" (see KNOWN BUGS below).
-A fix turns its xfail into XPASS(strict), a failure that says to drop both.
+Bugs these properties found are pinned by example tests at the end of this file, so that
+they stay fixed.
 """
 
 from __future__ import annotations
@@ -51,11 +49,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, unquote_to_bytes
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
 from harness import ConsulAgent, CountingProxy
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from handler_consul import (
@@ -520,30 +518,6 @@ ADDRESSES = st.sampled_from([None, "127.0.0.1", "::1", "svc.example.internal"])
 PORTS = st.one_of(st.none(), st.integers(0, 65535))
 
 
-# -- KNOWN BUGS: each one is assumed away in the properties and pinned by an xfail below ------
-
-_GO_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def bug_key_spaces(key: str) -> bool:
-    """Consul refuses, with a 500, a key with a leading or trailing space, or whose
-    percent-decoded form has a space (agent/kvs_endpoint.go validateKVKey; Go's
-    url.PathUnescape gives up on a bad escape, and then nothing is decoded). The validators
-    let these keys through, so they are sent, and the 500 is retried and counted by the
-    breaker as an outage."""
-    if key.startswith(" ") or key.endswith(" "):
-        return True
-    if "%" not in key or _GO_BAD_ESCAPE.search(key) or not utf8_ok(key):
-        return False
-    return b" " in unquote_to_bytes(key)
-
-
-def bug_meta_bytes(meta: dict[str, str]) -> bool:
-    """Meta values are limited to 512 characters; Consul's limit is 512 UTF-8 bytes, so a
-    value of 171-512 multi-byte characters passes and Consul answers 400."""
-    return any(utf8_ok(v) and len(v) <= 512 < len(v.encode("utf-8")) for v in meta.values())
-
-
 # -- the properties ------------------------------------------------------------------------
 
 
@@ -561,8 +535,6 @@ def stored_bytes(entry: dict[str, Any]) -> bytes:
 @profile(ci_examples=150)
 @given(key=KEYS, value=VALUES, encoding=ENCODINGS, mode=READ_MODES)
 def test_kv_put_then_get(live: Live, key: str, value: Any, encoding: str | None, mode: str) -> None:
-    # remove when keys with a leading/trailing or percent-encoded space are refused
-    assume(not bug_key_spaces(key))
     payload: dict[str, Any] = {"key": key, "value": value}
     if encoding is not None:
         payload["encoding"] = encoding
@@ -631,8 +603,6 @@ def test_register_then_deregister(
     live: Live, service: dict[str, Any], address: str | None, port: int | None
 ) -> None:
     service_id, name, tags, meta = (service[f] for f in ("service_id", "name", "tags", "meta"))
-    # remove when meta values are limited to 512 UTF-8 bytes, as Consul counts them
-    assume(not bug_meta_bytes(meta))
     payload: dict[str, Any] = {"name": name, "tags": tags, "meta": meta}
     for field, given_value in (("service_id", service_id), ("address", address), ("port", port)):
         if given_value is not None:
@@ -685,13 +655,8 @@ def check_service(
 
 
 # -- examples: bugs found by these properties -----------------------------------------------
-# Fixed: found against 1f252b3's validators and fixed since (d539559); kept as plain tests so
-# they stay fixed. Known: still open; strict xfail, so a fix turns them into failures
-# (XPASS) that say to drop the xfail here and the matching assume() in the property.
-
-
-def known_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
+# Each was found by the properties above against an earlier version of the validators and
+# fixed since; kept as plain tests so they stay fixed.
 
 
 @pytest.mark.parametrize(
@@ -741,11 +706,10 @@ def test_example_fixed_bug_stays_fixed(
             live.forget_service(payload.get("service_id", payload["name"]))
 
 
-@known_bug("Consul answers 500 to keys with a leading/trailing or percent-encoded space")
 @pytest.mark.parametrize("key", [" ", "a ", " a", "a%20b", "k/%20"])
-def test_example_known_bug_key_with_space_is_refused(live: Live, key: str) -> None:
-    # Today: sent, "500: invalid key name, leading/trailing spaces are not allowed", which
-    # is an InfraConnectionError (retryable; the breaker counts it). Must be refused unsent.
+def test_example_key_with_a_space_consul_refuses_is_refused_unsent(live: Live, key: str) -> None:
+    # Was sent: "500: invalid key name, leading/trailing spaces are not allowed", an
+    # InfraConnectionError (retryable; the breaker counted it).
     for operation, payload in (("kv_put", {"key": key, "value": "x"}), ("kv_get", {"key": key})):
         out = live.send(operation, payload)
         if out.error is None:
@@ -753,10 +717,9 @@ def test_example_known_bug_key_with_space_is_refused(live: Live, key: str) -> No
         assert assert_refused(out, payload, {"key"}) == "payload.key"
 
 
-@known_bug("meta values are limited to 512 characters; Consul counts 512 UTF-8 bytes (400)")
 @pytest.mark.parametrize("value", ["\u00e9" * 257, "\u20ac" * 171, "\U0001f600" * 129])
-def test_example_known_bug_meta_value_over_512_bytes_is_refused(live: Live, value: str) -> None:
-    # Today: sent, "400: Invalid Service Meta: ... Value is too long", an InfraConsulError.
+def test_example_meta_value_over_512_utf8_bytes_is_refused_unsent(live: Live, value: str) -> None:
+    # Was sent: "400: Invalid Service Meta: ... Value is too long", an InfraConsulError.
     payload = {"service_id": "prop-meta-bytes", "name": "web", "meta": {"a": value}}
     out = live.send("register", payload)
     try:

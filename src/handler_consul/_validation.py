@@ -14,7 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from pydantic import AfterValidator
 
@@ -101,6 +101,10 @@ def _check_key_segments(value: str, *, allow_empty: bool) -> str:
         raise ValueError("must not start with '/'")
     if "\\" in value:
         raise ValueError("must not contain '\\'")
+    # Consul answers 500 ("leading/trailing spaces are not allowed") to these: refused here
+    # for the same reason as the '..' rule below (a 500 is retried and counted as an outage).
+    if value.startswith(" ") or value.endswith(" "):
+        raise ValueError("must not start or end with a space")
     _check_segments(value)
     # Consul percent-decodes a key once more and answers 500 ("path traversal is not
     # allowed") when the decoded form contains '..'. A 500 would be retried and counted by
@@ -111,6 +115,9 @@ def _check_key_segments(value: str, *, allow_empty: bool) -> str:
             if ".." in decoded or "\\" in decoded:
                 raise ValueError("must not contain percent-encoded '..' or '\\'")
             _check_segments(decoded)
+        # Consul refuses a key whose decoded form has a space anywhere (500, as above).
+        if b" " in unquote_to_bytes(value):
+            raise ValueError("must not contain a percent-encoded space")
     return value
 
 
@@ -194,6 +201,13 @@ def check_meta(meta: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} characters")
         if _SURROGATE.search(value):
             raise ValueError(f"value of {key!r} contains a lone surrogate")
+        # Consul counts the limit in UTF-8 bytes, not characters.
+        if len(value) * 4 > MAX_META_VALUE_LENGTH and (
+            len(value.encode("utf-8")) > MAX_META_VALUE_LENGTH
+        ):
+            raise ValueError(
+                f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} bytes in UTF-8"
+            )
     return meta
 
 

@@ -29,7 +29,7 @@ from handler_consul._errors import (
 from handler_consul._handler import HandlerConsul
 from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
-from handler_consul._runtime import build_client
+from handler_consul._runtime import build_client, read_token
 from handler_consul._settings import ConsulSettings, load_settings
 from handler_consul._translate import translate
 from handler_consul.cli.output import (
@@ -203,8 +203,9 @@ async def call_client(
     that reaches a URL path first, with the operations' rules.
     """
     settings = settings_for(config)
-    token = settings.token.get_secret_value() if settings.token is not None else None
-    client = build_client(settings)
+    # Read once (a token file too), so that the translation below can redact it.
+    token = read_token(settings)
+    client = build_client(settings, token=token)
     failure: InfraError | None = None
     try:
         return await anyio.to_thread.run_sync(work, client)

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
 from typing import IO, Any
 
+from handler_consul._log import CorrelationIdFilter, record_fields
+
 # -- logging ---------------------------------------------------------------------------------
 
-_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_FIRST_FIELDS = ("correlation_id", "operation", "attempt", "duration_ms", "outcome")
 
-
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The structured fields a record carries (its ``extra=``), the envelope ones first."""
-    extra = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
-    first = {k: extra.pop(k) for k in _FIRST_FIELDS if k in extra}
-    return {**first, **extra}
+def _iso_utc(record: logging.LogRecord) -> str:
+    """ISO 8601 in UTC with milliseconds and the zone, e.g. 2026-12-01T04:32:13.629Z:
+    sortable, unambiguous across hosts, and what log pipelines parse without a hint."""
+    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class FieldsFormatter(logging.Formatter):
@@ -26,9 +26,12 @@ class FieldsFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso_utc(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        fields = _fields(record)
+        fields = record_fields(record)
         if not fields:
             return text
         return text + " " + " ".join(f"{k}={v}" for k, v in fields.items())
@@ -39,11 +42,11 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": self.formatTime(record),
+            "time": _iso_utc(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            **_fields(record),
+            **record_fields(record),
         }
         if record.exc_info:
             data["exc_info"] = self.formatException(record.exc_info)
@@ -53,6 +56,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     """Send the ``handler_consul`` logger tree to stderr; leave the root logger alone."""
     handler = logging.StreamHandler(stream or sys.stderr)
+    # Every record gets a correlation_id ("-" outside an envelope), so the field is always
+    # there for whoever filters on it.
+    handler.addFilter(CorrelationIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else FieldsFormatter())
     root = logging.getLogger("handler_consul")
     for old in list(root.handlers):
