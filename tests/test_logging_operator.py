@@ -220,3 +220,36 @@ async def test_a_shutdown_that_fails_envelopes_says_so_at_warning(
         records
     )
     assert records[-1] == (logging.INFO, "shut down")
+
+
+def test_cli_json_logs_carry_iso_8601_utc_times_and_a_correlation_id() -> None:
+    """The CLI's JSON lines: a time any log pipeline parses, in UTC with its zone; records of
+    no envelope carry no placeholder id in JSON, envelope records carry theirs."""
+    import datetime as dt
+    import io
+    import json as _json
+
+    from handler_consul.cli.logs import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream)
+    ours = logging.getLogger("handler_consul.handler")
+    try:
+        ours.info("lifecycle line")
+        logging.getLogger("handler_consul.envelope").debug(
+            "env line", extra={"correlation_id": "6f1c0000-0000-4000-8000-000000000000"}
+        )
+    finally:
+        root = logging.getLogger("handler_consul")
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(logging.NullHandler())
+        root.propagate = True
+        root.setLevel(logging.NOTSET)
+    first, second = (_json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["time"].endswith("Z")
+    parsed = dt.datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
+    assert parsed.utcoffset() == dt.timedelta(0)
+    assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 60
+    assert "correlation_id" not in first
+    assert second["correlation_id"] == "6f1c0000-0000-4000-8000-000000000000"
