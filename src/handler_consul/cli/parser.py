@@ -32,9 +32,10 @@ examples:
   handler-consul validate envelopes.jsonl && handler-consul run --file envelopes.jsonl
 
 Consul is found through CONSUL_HOST / CONSUL_PORT (or CONSUL_HTTP_ADDR), the token through
-CONSUL_TOKEN / CONSUL_HTTP_TOKEN or --token-file. Output is human-readable on a terminal and
-JSON (one document a line) with --format json or when stdout is not a terminal; messages,
-logs and progress go to stderr. `handler-consul COMMAND --help` shows each command's examples.
+CONSUL_TOKEN / CONSUL_HTTP_TOKEN, CONSUL_TOKEN_FILE / CONSUL_HTTP_TOKEN_FILE or --token-file.
+Output is human-readable on a terminal and JSON (one document a line) with --format json or
+when stdout is not a terminal; messages, logs and progress go to stderr.
+`handler-consul COMMAND --help` shows each command's examples.
 
 {EXIT_STATUS_HELP}
 """
@@ -46,7 +47,7 @@ class _RefuseToken(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
         parser.error(
             "there is no --token option (a token on the command line shows in ps): "
-            "set CONSUL_TOKEN or CONSUL_HTTP_TOKEN, or use --token-file"
+            "set CONSUL_HTTP_TOKEN(_FILE) or CONSUL_TOKEN(_FILE), or use --token-file"
         )
 
 
@@ -86,7 +87,8 @@ def _add_global_options(
         type=Path,
         default=default(None),
         metavar="PATH",
-        help="read the ACL token from this file; otherwise CONSUL_TOKEN / CONSUL_HTTP_TOKEN. "
+        help="read the ACL token from this file; otherwise the CONSUL_(HTTP_)TOKEN(_FILE) "
+        "variables. "
         "There is no --token: it would show in ps.",
     )
     group.add_argument("--token", action=_RefuseToken, nargs="?", help=argparse.SUPPRESS)
