@@ -270,7 +270,7 @@ async def test_a_token_file_without_a_usable_token_is_refused_unshown(
 async def test_a_directory_is_not_a_token_file(tmp_path):
     error = await initialize_fails({"token_file": str(tmp_path)})
     assert error.context.field == "token_file"
-    assert "Is a directory" in error.message
+    assert "is not a regular file" in error.message
 
 
 async def test_a_token_file_under_a_file_is_refused(tmp_path):

@@ -19,6 +19,7 @@ and never interpolate the token.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -248,12 +249,12 @@ def make_context(
 
 def redact(text: str, token: str | None) -> str:
     """``text`` with the token replaced, as sent and in the forms a server may echo it in
-    (percent-encoded, JSON-escaped)."""
+    (percent-encoded, JSON-escaped, in another case)."""
     if not token:
         return text
     for form in {token, quote(token, safe=""), json.dumps(token)[1:-1]}:
-        if form in text:
-            text = text.replace(form, "[REDACTED]")
+        if form.lower() in text.lower():
+            text = re.sub(re.escape(form), "[REDACTED]", text, flags=re.IGNORECASE)
     return text
 
 

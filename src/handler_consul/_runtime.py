@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,20 +149,41 @@ def read_token(settings: ConsulSettings) -> str | None:
         return settings.token.get_secret_value()
     if settings.token_file is None:
         return None
-    token, problem = _read_token_file(settings.token_file)
+    token, problem = read_token_file(settings.token_file)
     if problem is not None:
         # Raised here, outside any except block: nothing chained, no OSError frames.
         raise configuration_error("token_file", settings.origin("token_file"), problem)
     return token
 
 
-def _read_token_file(path: str) -> tuple[str | None, str | None]:
-    """(token, None), or (None, why not): the reason names the file, never its content."""
+def shown_path(path: str) -> str:
+    """How a token file is named in messages and describe(): a token pasted where its path
+    should be (``CONSUL_HTTP_TOKEN_FILE=<the token>``) has no '/', and is not repeated."""
+    return path if "/" in path else "the file it names"
+
+
+def read_token_file(path: str) -> tuple[str | None, str | None]:
+    """(token, None), or (None, why not): the reason never shows the content, nor a path
+    that may be the token itself.
+
+    Only a regular file is read, opened without blocking and read up to a cap: a FIFO with no
+    writer would block the event loop for good, and /dev/zero would never end.
+    """
+    name = shown_path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(_TOKEN_FILE_MAX_BYTES + 1)
+        fd = os.open(path, flags)
     except OSError as exc:
-        return None, f"cannot read {path} ({exc.strerror or type(exc).__name__})"
+        return None, f"cannot read {name} ({exc.strerror or type(exc).__name__})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, f"{name} is not a regular file"
+        data = os.read(fd, _TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        return None, f"cannot read {name} ({exc.strerror or type(exc).__name__})"
+    finally:
+        os.close(fd)
+    path = name
     if len(data) > _TOKEN_FILE_MAX_BYTES:
         return None, f"{path} is larger than a token file ({_TOKEN_FILE_MAX_BYTES} bytes)"
     # Surrounding whitespace (the newline an editor or `echo` adds) is not part of the token.

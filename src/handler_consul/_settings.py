@@ -356,7 +356,10 @@ class ConsulSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The settings without secrets, for describe() and logs."""
         data = self.model_dump(mode="json", exclude={"token"})
-        # The token file's path is no secret; what it holds is never read here.
+        # The token file's path is no secret, unless the token itself was set as the path
+        # (it then has no '/'); what the file holds is never read here.
+        if self.token_file is not None and "/" not in self.token_file:
+            data["token_file"] = "(set)"  # noqa: S105 - a placeholder, not a password
         data["token_configured"] = self.token is not None or self.token_file is not None
         return data
 

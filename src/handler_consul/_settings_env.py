@@ -205,8 +205,10 @@ def parse_http_addr(addr: str) -> dict[str, Any]:
     if "://" in addr:
         scheme, rest = addr.split("://", 1)
         if scheme.lower() == "unix":
-            # The path as given: the settings check it (absolute, short enough).
-            return {"unix_socket": rest}
+            # The path as given: the settings check it (absolute, short enough). An empty one
+            # is kept as written, so that it is refused naming the variable rather than
+            # silently dropped (which would fall back to localhost:8500).
+            return {"unix_socket": rest or addr}
         values["scheme"] = scheme.lower()
     rest = rest.rstrip("/")
     if rest.startswith("["):  # [v6]:port
@@ -222,6 +224,16 @@ def parse_http_addr(addr: str) -> dict[str, Any]:
     elif values.get("scheme") == "https":
         values["port"] = 443
     return values
+
+
+def _drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            kept[key] = _drop_empty(value)
+        elif not (isinstance(value, str | SecretStr) and not _non_empty(value)):
+            kept[key] = value
+    return kept
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,7 +268,10 @@ def resolve(
     trimmed: list[tuple[dict[str, Any], dict[str, str]]] = []
     higher: dict[str, Any] = {}
     conflict: tuple[str, str] | None = None
-    for values, origins in levels:
+    for index, (values, origins) in enumerate(levels):
+        if index:
+            # An empty variable (CONSUL_TOKEN=) sets nothing: a lower level still decides.
+            values = _drop_empty(values)
         values = drop_alternatives(higher, values)
         conflict = conflict or _conflict(values, origins)
         trimmed.append((values, origins))

@@ -119,6 +119,9 @@ def parse_json(text: str | bytes) -> tuple[Any, InfraValidationError | None]:
     except json.JSONDecodeError as exc:
         # exc.msg and the position only: the text itself may hold a secret.
         return None, input_error(f"input is not JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        # json's decoder recurses per nesting level: a line of 100,000 '[' is bad input.
+        return None, input_error("input is not JSON this handler reads: nested too deeply")
 
 
 # -- settings and validation, before anything connects ---------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 from handler_consul.cli.logs import configure_logging
 from handler_consul.cli.output import (
@@ -95,14 +95,18 @@ def _only_stdout_closed(group: BaseExceptionGroup[BaseException]) -> bool:
     return rest is None
 
 
-def _on_sigterm(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Delivered as a SIGINT, which asyncio's runner turns into a clean cancellation of the
+    # main task; a KeyboardInterrupt raised here, at an arbitrary bytecode, escaped it.
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+    except StdoutClosed:  # --help or --version into a pipe already closed
+        return EXIT_STDOUT_CLOSED
     except SystemExit:  # --help, --version, a usage error: flushed here too, not at exit
         try:
             flush_stdout()

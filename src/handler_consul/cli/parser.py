@@ -7,12 +7,13 @@ before any command module (and so pydantic, python-consul2, requests) is loaded.
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from handler_consul._version import __version__
-from handler_consul.cli.output import EXIT_STATUS_HELP, UsageError
+from handler_consul.cli.output import EXIT_STATUS_HELP, UsageError, write_text
 
 # The schema kinds; tests/test_cli_commands.py checks this equals handler_consul._schema.KINDS
 # (importing that module here would load pydantic for every --help).
@@ -349,8 +350,19 @@ def _other_commands(commands: _Commands) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Help goes out through the CLI's writer: with PYTHONUNBUFFERED a closed pipe fails the
+    write at once, and argparse would swallow that (exit 0 instead of 141)."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message and (file is None or file is sys.stdout):
+            write_text(message)
+        else:
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="handler-consul",
         # No prefix matching: `--token SECRET` must be an error, not `--token-file SECRET`.
         allow_abbrev=False,
@@ -373,12 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_token(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        # Neither the content nor the path: a token pasted in place of the path stays unseen.
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"cannot read the --token-file: {reason}") from None
+    # The library's reader: regular files only, opened without blocking, read up to a cap
+    # (a FIFO or /dev/zero would hang or exhaust memory), and the same token rules.
+    from handler_consul._runtime import read_token_file
+
+    token, problem = read_token_file(str(path))
+    if problem is not None or token is None:
+        raise UsageError(f"cannot use the --token-file: {problem}")
+    return token
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
