@@ -55,7 +55,8 @@ LAYERS: dict[str, int] = {
     "cli.output": 14,  # exit codes and stdout; light, for --help
     "cli.jsonl": 14,
     "cli.progress": 14,
-    "cli.parser": 15,  # argparse only, for --help
+    "cli.safeparser": 15,  # argparse that hides what may be a secret
+    "cli.parser": 16,  # argparse only, for --help
     "cli.common": 15,
     "cli.run": 16,
     "cli.demo": 16,

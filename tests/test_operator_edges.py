@@ -174,3 +174,25 @@ async def test_envelopes_still_work_after_these_edges(handler: Any) -> None:
     """A control: the handler fixture is unaffected by the edges above."""
     response = await handler.execute(envelope("kv_get", key=f"{uniq('edge')}/k"))
     assert response.result["found"] is False
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to", SENTINEL, "kv", "get", "k"],
+        ["kv", SENTINEL],
+        ["--port", SENTINEL, "kv", "get", "k"],
+        ["kv", "get", "k", SENTINEL, "extra"],
+    ],
+)
+def test_a_token_typed_in_the_wrong_place_is_not_echoed(args: list[str]) -> None:
+    result = cli(*args, env=clean_env(), timeout=30)
+    assert result.returncode == 2
+    assert SENTINEL not in result.stdout + result.stderr
+    assert "<hidden>" in result.stderr
+
+
+def test_a_short_typo_is_still_shown_to_help_fix_it() -> None:
+    result = cli("kv", "gte", "k", env=clean_env(), timeout=30)
+    assert result.returncode == 2
+    assert "invalid choice: 'gte'" in result.stderr

@@ -7,13 +7,13 @@ before any command module (and so pydantic, python-consul2, requests) is loaded.
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from handler_consul._version import __version__
-from handler_consul.cli.output import EXIT_STATUS_HELP, UsageError, write_text
+from handler_consul.cli.output import EXIT_STATUS_HELP, UsageError
+from handler_consul.cli.safeparser import SafeParser
 
 # The schema kinds; tests/test_cli_commands.py checks this equals handler_consul._schema.KINDS
 # (importing that module here would load pydantic for every --help).
@@ -350,19 +350,8 @@ def _other_commands(commands: _Commands) -> None:
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    """Help goes out through the CLI's writer: with PYTHONUNBUFFERED a closed pipe fails the
-    write at once, and argparse would swallow that (exit 0 instead of 141)."""
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        if message and (file is None or file is sys.stdout):
-            write_text(message)
-        else:
-            super()._print_message(message, file)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = SafeParser(
         prog="handler-consul",
         # No prefix matching: `--token SECRET` must be an error, not `--token-file SECRET`.
         allow_abbrev=False,
