@@ -371,36 +371,28 @@ async def make_tuned_handler(clean_consul_env: None) -> Any:
         await asyncio.wait_for(handler.shutdown(), 10)
 
 
-@pytest.fixture
-def small_value_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
-    """A private dev agent whose ``kv_max_value_size`` is 1 KiB: a larger value earns a 413."""
-    agent = ConsulAgent(
-        consul_bin,
-        name="small-kv",
-        base_dir=tmp_path,
-        extra_config={"limits": {"kv_max_value_size": 1024}},
-    )
+def _private_agent(
+    consul_bin: str, tmp_path: Path, name: str, limits: dict[str, int]
+) -> Iterator[ConsulAgent]:
+    """A private dev agent with the given ``limits`` block, stopped when the test ends."""
+    agent = ConsulAgent(consul_bin, name=name, base_dir=tmp_path, extra_config={"limits": limits})
     try:
         agent.start()
         yield agent
     finally:
         agent.close()
+
+
+@pytest.fixture
+def small_value_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
+    """A private dev agent whose ``kv_max_value_size`` is 1 KiB: a larger value earns a 413."""
+    yield from _private_agent(consul_bin, tmp_path, "small-kv", {"kv_max_value_size": 1024})
 
 
 @pytest.fixture
 def two_connection_agent(consul_bin: str, tmp_path: Path) -> Iterator[ConsulAgent]:
     """A private dev agent that answers 429 to a client IP holding more than two connections."""
-    agent = ConsulAgent(
-        consul_bin,
-        name="two-conns",
-        base_dir=tmp_path,
-        extra_config={"limits": {"http_max_conns_per_client": 2}},
-    )
-    try:
-        agent.start()
-        yield agent
-    finally:
-        agent.close()
+    yield from _private_agent(consul_bin, tmp_path, "two-conns", {"http_max_conns_per_client": 2})
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Self
 
+from .listening import LoopbackListener
 from .ports import HOST, allocate_ports, release_ports
 
 REQUEST_LINE = re.compile(rb"^(GET|PUT|DELETE|POST|HEAD|PATCH|OPTIONS) (\S+) HTTP/1\.[01]$")
@@ -33,7 +34,7 @@ class _RequestStream:
         self.body_left = 0
 
 
-class CountingProxy:
+class CountingProxy(LoopbackListener):
     """127.0.0.1:``listen_port`` -> ``upstream`` (an agent or "host:port"), counting."""
 
     def __init__(self, upstream: Any, *, connect_timeout: float = 5.0) -> None:
@@ -60,37 +61,7 @@ class CountingProxy:
     def port(self) -> int:
         return self.listen_port
 
-    @property
-    def listen_addr(self) -> str:
-        return f"{self.host}:{self.listen_port}"
-
-    @property
-    def http_addr(self) -> str:
-        return self.listen_addr
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.listen_addr}"
-
-    # -- counters ------------------------------------------------------------------------
-    @property
-    def connections(self) -> int:
-        """Client connections accepted."""
-        with self._lock:
-            return self._connections
-
-    @property
-    def requests(self) -> int:
-        """HTTP request lines seen from clients."""
-        with self._lock:
-            return len(self._request_lines)
-
-    @property
-    def request_lines(self) -> list[str]:
-        """A copy of every request line seen, e.g. ``"PUT /v1/kv/a?cas=0 HTTP/1.1"``."""
-        with self._lock:
-            return list(self._request_lines)
-
+    # -- counters (connections, requests, request_lines: LoopbackListener) --------------
     @property
     def paths(self) -> list[str]:
         """The request targets (path and query) of ``request_lines``."""

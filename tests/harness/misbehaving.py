@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
+from .listening import LoopbackListener
 from .ports import HOST, allocate_ports, release_ports
 
 _POLL = 0.1  # longest a socket call or a sleep goes without looking at the stop event
@@ -245,7 +246,7 @@ class _Conn:
         self.sock.close()
 
 
-class _Server:
+class _Server(LoopbackListener):
     """Listener, accept thread, per-connection threads, counters; subclasses give ``_serve``."""
 
     kind = "misbehaving"
@@ -269,36 +270,7 @@ class _Server:
     def listen_port(self) -> int:
         return self.port
 
-    @property
-    def listen_addr(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def http_addr(self) -> str:
-        return self.listen_addr
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.listen_addr}"
-
-    # -- counters ------------------------------------------------------------------------
-    @property
-    def connections(self) -> int:
-        """Client connections accepted."""
-        with self._lock:
-            return self._connections
-
-    @property
-    def requests(self) -> int:
-        """Request header blocks read (counted before any answer is sent)."""
-        with self._lock:
-            return len(self._request_lines)
-
-    @property
-    def request_lines(self) -> list[str]:
-        """A copy of every request line seen, e.g. ``"PUT /v1/kv/a HTTP/1.1"``."""
-        with self._lock:
-            return list(self._request_lines)
+    # (listen_addr, http_addr, url, connections, requests, request_lines: LoopbackListener)
 
     @property
     def alive_threads(self) -> list[threading.Thread]:
