@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "_client": 5,
     "_pool": 5,
     "_breaker": 5,
+    "_operations.settle": 0,
     "_operations.kv": 6,
     "_operations.service": 6,
     "_operations": 7,

@@ -113,8 +113,8 @@ def test_interrupt_raised_inside_the_call_propagates_untouched_and_is_not_counte
     raised = interrupt("stop")
     real_put = OPERATIONS["consul.kv_put"]
 
-    def interrupted(*args: Any) -> Any:
-        real_put.run(*args)
+    async def interrupted(*args: Any) -> Any:
+        await real_put.run(*args)
         raise raised
 
     handler = HandlerConsul()

@@ -37,16 +37,17 @@ class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 
     def __repr__(self) -> str:
         return f"ConsulClient({self.http!r}, datacenter={self.dc!r})"
 
-    def register_service(self, definition: dict[str, Any]) -> None:
+    def register_service(self, definition: dict[str, Any]) -> Any:
         """PUT /v1/agent/service/register with the full service definition.
 
         python-consul2 0.1.5's ``agent.service.register`` has no ``weights`` and drops
         falsy fields (``port=0``, ``enable_tag_override=False``), so the definition is sent
         as the handler built it. Its ``CB.bool`` would read a 404 as ``False``; a
         registration cannot legitimately 404, so that is the transport's status error.
+        Returns what the transport returns (``None``, or an awaitable in asyncio mode).
         """
         path = "/v1/agent/service/register"
-        self.http.put(
+        return self.http.put(
             _require_ok("PUT", path), path=path, data=json.dumps(definition, separators=(",", ":"))
         )
 

@@ -1,14 +1,15 @@
 """The dispatch table: operation name -> payload model, function, idempotency rule.
 
 Adding an operation touches this table, one payload model and one function. The functions
-are synchronous and run in a worker thread through :func:`call_operation`; they raise the
-transport's errors (or, for a response it cannot parse, python-consul2's), which the retry
+are ``async def`` and wrap each client call in :func:`.settle.settle`, so one body serves
+both I/O modes; in a worker thread :func:`call_operation` drives them without a loop. They
+raise the transport's errors (or, for a response it cannot parse, python-consul2's), which the retry
 loop translates at one boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from handler_consul._operations.service import (
     deregister,
     register,
 )
+from handler_consul._operations.settle import run_to_completion
 
 __all__ = ["OPERATIONS", "Operation", "call_leader", "call_operation"]
 
@@ -46,7 +48,7 @@ class Operation:
 
     name: str
     payload_model: type[BaseModel]
-    run: Callable[[ConsulClient, Any], Mapping[str, Any]]
+    run: Callable[[ConsulClient, Any], Coroutine[Any, Any, Mapping[str, Any]]]
     # Whether an attempt whose outcome is unknown (sent, then no answer) may be re-sent.
     idempotent: Callable[[Any], bool] = _always
 
@@ -70,7 +72,7 @@ def call_operation(
     """What a worker thread runs: the operation, its requests bounded by the envelope's
     deadline (an absolute ``time.monotonic()`` instant, so a wait in the queue counts)."""
     client.http.set_request_deadline(deadline)
-    return operation.run(client, payload)
+    return run_to_completion(operation.run(client, payload))
 
 
 def call_leader(client: ConsulClient, deadline: float) -> str:

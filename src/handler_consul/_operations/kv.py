@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul._client import ConsulClient
+from handler_consul._operations.settle import settle
 from handler_consul._results import (
     KvEntry,
     KvGetKeysResult,
@@ -174,16 +175,18 @@ def _entry(item: dict[str, Any]) -> KvEntry:
     }
 
 
-def kv_get(
+async def kv_get(
     client: ConsulClient, payload: KvGetPayload
 ) -> KvGetResult | KvGetRecurseResult | KvGetKeysResult:
     consistency = None if payload.consistency == "default" else payload.consistency
-    raw_index, data = client.kv.get(
-        payload.key,
-        recurse=payload.recurse,
-        keys=payload.keys_only,
-        separator=payload.separator,
-        consistency=consistency,
+    raw_index, data = await settle(
+        client.kv.get(
+            payload.key,
+            recurse=payload.recurse,
+            keys=payload.keys_only,
+            separator=payload.separator,
+            consistency=consistency,
+        )
     )
     index = _index(raw_index)
     if payload.keys_only:
@@ -208,14 +211,16 @@ def kv_get(
     return {"found": True, **entry, "index": index}
 
 
-def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
-    applied = client.kv.put(
-        payload.key,
-        payload.data(),
-        cas=payload.cas,
-        flags=payload.flags,
-        acquire=payload.acquire,
-        release=payload.release,
+async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
+    applied = await settle(
+        client.kv.put(
+            payload.key,
+            payload.data(),
+            cas=payload.cas,
+            flags=payload.flags,
+            acquire=payload.acquire,
+            release=payload.release,
+        )
     )
     return {"key": payload.key, "applied": applied is True}
 

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from handler_consul._client import ConsulClient
+from handler_consul._operations.settle import settle
 from handler_consul._results import DeregisterResult, RegisterResult
 from handler_consul._validation import (
     DEFAULT_CHECK_POLICY,
@@ -204,12 +205,12 @@ class DeregisterPayload(BaseModel):
     service_id: ServiceId = Field(validation_alias=_SERVICE_ID_ALIASES)
 
 
-def register(client: ConsulClient, payload: RegisterPayload) -> RegisterResult:
-    client.register_service(payload.definition())
+async def register(client: ConsulClient, payload: RegisterPayload) -> RegisterResult:
+    await settle(client.register_service(payload.definition()))
     return {"service_id": payload.effective_id, "name": payload.name, "registered": True}
 
 
-def deregister(client: ConsulClient, payload: DeregisterPayload) -> DeregisterResult:
+async def deregister(client: ConsulClient, payload: DeregisterPayload) -> DeregisterResult:
     # python-consul2 answers False on 404 ("Unknown service ID"): it was not registered.
-    removed = client.agent.service.deregister(payload.service_id)
+    removed = await settle(client.agent.service.deregister(payload.service_id))
     return {"service_id": payload.service_id, "deregistered": removed is True}
