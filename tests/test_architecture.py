@@ -34,10 +34,13 @@ LAYERS: dict[str, int] = {
     "_transport.response": 2,
     "_transport.connections": 2,
     "_transport.blocking": 3,
+    "_transport.aioconn": 3,  # io="asyncio": one connection, answers read by httptools
+    "_transport.aio": 4,  # imported by its path (not re-exported by _transport)
     "_transport": 4,
     "_client": 5,
     "_pool": 5,
     "_breaker": 5,
+    "_bulkhead": 6,  # the asyncio mode's bound; shares the pool's errors
     "_operations.settle": 0,
     "_operations.kv": 6,
     "_operations.service": 6,

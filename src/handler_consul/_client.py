@@ -16,6 +16,7 @@ from typing import Any
 
 from handler_consul._consul import consul_base
 from handler_consul._transport import ConsulTransport, HTTPStatusError
+from handler_consul._transport.aio import AsyncConsulTransport
 
 __all__ = ["ConsulClient"]
 
@@ -23,7 +24,9 @@ __all__ = ["ConsulClient"]
 class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 ships no types
     """The endpoints the operations use: kv, agent, status."""
 
-    def __init__(self, transport: ConsulTransport, *, datacenter: str | None) -> None:
+    def __init__(
+        self, transport: ConsulTransport | AsyncConsulTransport, *, datacenter: str | None
+    ) -> None:
         # Deliberately not calling super().__init__: see the module docstring.
         self.http = transport
         self.token = None

@@ -224,6 +224,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "version": __version__,
             "circuit_breakers": self.circuit_breaker_states(),
             "max_concurrent_operations": settings.max_concurrent_operations if settings else None,
+            "io": settings.io if settings else None,
             "pool": runtime.pool.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from handler_consul._breaker import CircuitBreaker
+from handler_consul._bulkhead import CallSlots
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock, Sleep, monotonic
 from handler_consul._errors import (
@@ -28,7 +29,7 @@ from handler_consul._errors import (
 )
 from handler_consul._log import log_attempt_failure
 from handler_consul._operations import Operation, call_operation
-from handler_consul._pool import BoundedThreadPool, PoolClosed
+from handler_consul._pool import PoolClosed
 from handler_consul._settings import RetrySettings
 from handler_consul._translate import translate
 
@@ -185,7 +186,7 @@ class Attempts:
 
     def __init__(
         self,
-        pool: BoundedThreadPool,
+        pool: CallSlots,
         client: ConsulClient,
         policy: RetrySettings,
         budget: RetryBudget,
@@ -194,8 +195,12 @@ class Attempts:
         clock: Clock,
         rng: Callable[[], float],
         sleep: Sleep | None,
+        call: Callable[..., Any] = call_operation,
     ) -> None:
         self.pool = pool
+        # What the pool runs per attempt: call_operation in a worker thread (io="threads"),
+        # or call_operation_async on the loop (io="asyncio"); same arguments.
+        self.call = call
         self.client = client
         self.policy = policy
         self.budget = budget
@@ -257,7 +262,7 @@ class Attempts:
                 # the real monotonic clock, whatever clock the loop is driven by.
                 request_deadline = time.monotonic() + remaining
                 result = await self.pool.run(
-                    call_operation,
+                    self.call,
                     self.client,
                     operation,
                     payload,
@@ -278,7 +283,7 @@ class Attempts:
             else:
                 permit.success(clock() - call_started)
                 # Operations build a fresh dict per call (their TypedDicts): no copy needed.
-                return result, attempt  # type: ignore[return-value]
+                return result, attempt
             delay = self._retry_delay(
                 operation, payload, error, attempt, deadline, fields, observer
             )

@@ -1,7 +1,9 @@
 """What ``initialize()`` builds from the settings, and how it is taken apart again.
 
 settings → token (from a token file, read now) → SSL context → transport → client → pool →
-retry budget → :class:`Attempts`. A runtime is replaced as a whole on re-initialize:
+retry budget → :class:`Attempts`. ``io`` picks the pair the rest is built on: a blocking
+transport under a pool of worker threads, or an asyncio transport under a bulkhead on the loop
+(docs/patterns/io_modes.md). A runtime is replaced as a whole on re-initialize:
 envelopes admitted before hold a reference to the old one and finish on it, and the token
 file is read again, so a rotated token is picked up by the next initialize().
 """
@@ -13,23 +15,31 @@ import os
 import ssl
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import EllipsisType
+from typing import Any, Literal
 
+from handler_consul._bulkhead import AsyncBulkhead, CallSlots
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock, Sleep
 from handler_consul._errors import (
     ContextFields,
     InfraError,
 )
-from handler_consul._operations import call_leader
+from handler_consul._operations import (
+    call_leader,
+    call_leader_async,
+    call_operation,
+    call_operation_async,
+)
 from handler_consul._pool import BoundedThreadPool
 from handler_consul._retry import Attempts, RetryBudget
 from handler_consul._settings import ConsulSettings, is_header_safe_token
 from handler_consul._settings_env import configuration_error
 from handler_consul._translate import translate
 from handler_consul._transport import ConsulTransport, TransportConfig
+from handler_consul._transport.aio import AsyncConsulTransport
 from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["Runtime", "build_client", "build_runtime", "read_token"]
@@ -44,22 +54,24 @@ class Runtime:
     """Everything initialize() builds; replaced as a whole on re-initialize."""
 
     settings: ConsulSettings
-    transport: ConsulTransport
+    transport: ConsulTransport | AsyncConsulTransport
     client: ConsulClient
-    pool: BoundedThreadPool
+    pool: CallSlots  # BoundedThreadPool (io="threads") or AsyncBulkhead (io="asyncio")
     attempts: Attempts
     # Kept out of repr: traceback renderers (Sentry, --showlocals) repr every frame local.
     token: str | None = field(repr=False)
     target: str = ""  # the breaker name, computed once rather than per envelope
     check_policy: CheckPolicy = DEFAULT_CHECK_POLICY  # likewise, from the settings
     disposed: bool = False
+    # What the pool runs for the leader probe: call_leader in a worker, or its coroutine twin.
+    leader: Callable[[ConsulClient, float], str | Awaitable[str]] = call_leader
 
     async def probe_leader(self, fields: ContextFields) -> tuple[str, InfraError | None]:
         """GET /v1/status/leader in the pool: the leader's address, or the translated error."""
         timeout = self.settings.timeout_seconds
         try:
             deadline = time.monotonic() + timeout
-            leader = await self.pool.run(call_leader, self.client, deadline, timeout=timeout)
+            leader: str = await self.pool.run(self.leader, self.client, deadline, timeout=timeout)
         except _UNCOUNTED:
             raise
         except BaseException as exc:  # translated: the caller decides whether to raise it
@@ -86,17 +98,31 @@ def build_runtime(
     """Build every resource; a bad token or TLS file is an InfraConfigurationError naming its
     setting and where that was set."""
     token = read_token(settings)
-    client = build_client(settings, token=token)
-    pool = BoundedThreadPool(
-        settings.max_concurrent_operations,
-        max_wait_seconds=settings.effective_max_wait_seconds,
-        max_queued=settings.max_queued_operations,
-    )
+    client = build_client(settings, token=token, io=settings.io)
+    pool: CallSlots
+    call: Callable[..., Any]
+    leader: Callable[[ConsulClient, float], str | Awaitable[str]]
+    if settings.io == "asyncio":
+        pool = AsyncBulkhead(
+            settings.max_concurrent_operations,
+            max_wait_seconds=settings.effective_max_wait_seconds,
+            max_queued=settings.max_queued_operations,
+        )
+        call, leader = call_operation_async, call_leader_async
+    else:
+        pool = BoundedThreadPool(
+            settings.max_concurrent_operations,
+            max_wait_seconds=settings.effective_max_wait_seconds,
+            max_queued=settings.max_queued_operations,
+        )
+        call, leader = call_operation, call_leader
     retry = settings.retry
     budget = RetryBudget(
         ratio=retry.budget_ratio, min_retries_per_second=retry.budget_min_per_second, clock=clock
     )
-    attempts = Attempts(pool, client, retry, budget, token=token, clock=clock, rng=rng, sleep=sleep)
+    attempts = Attempts(
+        pool, client, retry, budget, token=token, clock=clock, rng=rng, sleep=sleep, call=call
+    )
     return Runtime(
         settings,
         client.http,
@@ -106,16 +132,22 @@ def build_runtime(
         token,
         settings.breaker_name,
         settings.check_policy,
+        leader=leader,
     )
 
 
 def build_client(
-    settings: ConsulSettings, *, token: str | EllipsisType | None = ...
+    settings: ConsulSettings,
+    *,
+    token: str | EllipsisType | None = ...,
+    io: Literal["threads", "asyncio"] = "threads",
 ) -> ConsulClient:
     """python-consul2's API over a transport that goes only to the configured address.
 
     ``token`` is the one the caller has already read with :func:`read_token` (so a token
-    file is read once per build); without it, it is read here.
+    file is read once per build); without it, it is read here. ``io="asyncio"`` gives a
+    client whose calls are coroutines, for the event loop; the default blocks, for a worker
+    thread (the runtime passes ``settings.io``; direct requests always use a thread).
     """
     if isinstance(token, EllipsisType):
         token = read_token(settings)
@@ -133,7 +165,8 @@ def build_client(
         unix_socket=settings.unix_socket,
         server_name=settings.tls_server_name,
     )
-    transport = ConsulTransport(
+    transport_class = AsyncConsulTransport if io == "asyncio" else ConsulTransport
+    transport = transport_class(
         config, pool_size=settings.max_concurrent_operations, token=token, ssl_context=context
     )
     return ConsulClient(transport, datacenter=settings.datacenter)

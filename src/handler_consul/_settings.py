@@ -177,6 +177,11 @@ class ConsulSettings(BaseSettings):
     )
     timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias="CONSUL_TIMEOUT")
     datacenter: str | None = None
+    io: Literal["threads", "asyncio"] = Field(
+        "threads",
+        description="How calls run: worker threads over a blocking transport, or coroutines "
+        "on the event loop over an asyncio one (docs/patterns/io_modes.md).",
+    )
     max_concurrent_operations: int = Field(10, ge=1, le=100)
     max_wait_seconds: float | None = Field(
         None,
@@ -295,7 +300,7 @@ class ConsulSettings(BaseSettings):
             raise ValueError(f"is longer than a unix socket path may be ({_UNIX_PATH_MAX} bytes)")
         return path
 
-    @field_validator("scheme", mode="before")
+    @field_validator("scheme", "io", mode="before")
     @classmethod
     def _scheme_lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

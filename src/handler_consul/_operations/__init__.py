@@ -30,8 +30,16 @@ from handler_consul._operations.service import (
     register,
 )
 from handler_consul._operations.settle import run_to_completion
+from handler_consul._transport.aio import reset_request_deadline, set_request_deadline
 
-__all__ = ["OPERATIONS", "Operation", "call_leader", "call_operation"]
+__all__ = [
+    "OPERATIONS",
+    "Operation",
+    "call_leader",
+    "call_leader_async",
+    "call_operation",
+    "call_operation_async",
+]
 
 
 def _always(_payload: Any) -> bool:
@@ -82,4 +90,27 @@ def call_leader(client: ConsulClient, deadline: float) -> str:
     """
     client.http.set_request_deadline(deadline)
     leader = client.status.leader()
+    return leader if isinstance(leader, str) else ""
+
+
+async def call_operation_async(
+    client: ConsulClient, operation: Operation, payload: Any, deadline: float
+) -> Mapping[str, Any]:
+    """What the asyncio mode awaits on the loop: the operation over the asyncio transport,
+    its requests bounded by the envelope's deadline (a context variable, as the worker's
+    thread-local is in threads mode)."""
+    token = set_request_deadline(deadline)
+    try:
+        return await operation.run(client, payload)
+    finally:
+        reset_request_deadline(token)
+
+
+async def call_leader_async(client: ConsulClient, deadline: float) -> str:
+    """:func:`call_leader` on the loop: GET /v1/status/leader over the asyncio transport."""
+    token = set_request_deadline(deadline)
+    try:
+        leader = await client.status.leader()
+    finally:
+        reset_request_deadline(token)
     return leader if isinstance(leader, str) else ""

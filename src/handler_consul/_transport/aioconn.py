@@ -1,0 +1,298 @@
+"""One HTTP/1.1 connection on the event loop, its answers read by httptools (llhttp).
+
+An ``asyncio.Protocol``: the loop hands it bytes as they arrive and llhttp, Node's parser,
+frames them (status line, headers, Content-Length or chunked bodies, keep-alive). Nothing
+here parses HTTP by hand; what is ours is the policy around it:
+
+- one exchange at a time, and the connection is reusable only after a complete answer whose
+  framing llhttp vouched for, with no byte after it;
+- interim answers (100 Continue, 103 Early Hints) are skipped; a 101 is a protocol error;
+- the header block and the body are capped while they arrive, so a server cannot make the
+  client buffer without bound;
+- every failure is a :class:`ConnectionFault` the transport turns into its own errors; the
+  fault says whether the answer was cut short, never what was sent.
+
+The deadline is the transport's: it calls :meth:`Connection.expire` from a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+import ssl
+from typing import Any, cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from handler_consul._transport.connections import TransportConfig
+from handler_consul._transport.response import Headers
+
+__all__ = ["Answer", "Connection", "ConnectionFault", "TooLarge", "open_connection"]
+
+# The same limits as the threads mode's header parser: 100 headers of at most 64 KiB each.
+# Counted as bytes arrive (llhttp itself has no limit on a header's length).
+_MAX_HEADERS = 100
+_MAX_HEAD_BYTES = 100 * 65536
+
+
+class ConnectionFault(Exception):
+    """The exchange failed; ``reason`` is safe to show (no request or answer bytes)."""
+
+
+class TooLarge(ConnectionFault):
+    """The answer is larger than the cap (announced, or read past it)."""
+
+    def __init__(self, reason: str, *, announced: bool) -> None:
+        super().__init__(reason)
+        self.announced = announced
+
+
+Answer = tuple[int, Headers, bytes]
+
+
+class Connection(asyncio.Protocol):
+    """A kept-alive connection to the agent: one request at a time, answers via httptools."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_response_bytes: int) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._limit = max_response_bytes
+        self._parser = HttpResponseParser(self)
+        self._waiter: asyncio.Future[Answer] | None = None
+        # Reusable only between exchanges, after a complete answer that allows keep-alive.
+        self.reusable = False
+        self.lost = False
+        self._reset_answer()
+
+    def _reset_answer(self) -> None:
+        self._headers = Headers()
+        self._header_count = 0
+        self._head_bytes = 0
+        self._headers_done = False
+        self._interim = False
+        self._body: list[bytes] = []
+        self._size = 0
+        self._framed = False  # Content-Length or chunked: the end is not the end of stream
+
+    # -- the exchange ----------------------------------------------------------------------
+
+    def send(self, data: bytes) -> asyncio.Future[Answer]:
+        """Write one request; the future gets its answer or a :class:`ConnectionFault`."""
+        transport = self.transport
+        if transport is None:
+            raise ConnectionFault("not connected")
+        self.reusable = False
+        self._reset_answer()
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
+        self._waiter = waiter
+        transport.write(data)
+        return waiter
+
+    def write_failed(self) -> bool:
+        """Whether the last write failed at once: the transport closed itself inside write()
+        (the send raised: the peer had reset the connection), so no byte of it left."""
+        return self.transport is None or self.transport.is_closing()
+
+    def expire(self) -> None:
+        """The request's deadline passed: fail the exchange and drop the connection."""
+        self._fail(TimeoutError("the request's deadline passed"))
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST, nothing flushed): its state is unknown."""
+        self.reusable = False
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.reusable = False
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def looks_alive(self) -> bool:
+        """An idle connection is usable if nothing has arrived on it since its last answer:
+        readable means the server closed it (FIN, RST) or sent stray bytes. Asked of the
+        socket itself, so a FIN that arrived since the loop's last poll is seen too."""
+        transport = self.transport
+        if self.lost or not self.reusable or transport is None or transport.is_closing():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        # poll, not select: select refuses descriptors above 1024, common in busy processes.
+        poller = select.poll()
+        try:
+            poller.register(sock.fileno(), select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
+    def _fail(self, error: BaseException) -> None:
+        self.abort()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's are not asyncio.Transport subclasses, hence the cast).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes nobody asked for: the connection's position in the stream is unknown.
+            self.abort()
+            return
+        if not self._headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail(ConnectionFault("the answer's header block is too large"))
+                return
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade:
+            self._fail(ConnectionFault("the server switched protocols"))
+        except HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ConnectionFault):
+                self._fail(cause)  # raised by a callback below
+            else:
+                self._fail(ConnectionFault(f"malformed answer ({type(exc).__name__})"))
+
+    def eof_received(self) -> bool:
+        self._stream_ended(None)
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.reusable = False
+        self._stream_ended(exc)
+
+    def _stream_ended(self, exc: Exception | None) -> None:
+        self.reusable = False
+        if self._waiter is None:
+            return  # idle: the transport closes itself, and the pool skips a dead connection
+        if exc is None and self._headers_done and not self._framed:
+            # An answer without Content-Length or chunked framing ends with the stream.
+            self._complete(keep_alive=False)
+        elif exc is None:
+            self._fail(ConnectionFault("the server closed the connection before answering"))
+        else:
+            self._fail(ConnectionFault(f"connection lost ({_describe(exc)})"))
+
+    # -- httptools callbacks (a ConnectionFault raised here ends the exchange) ----------------
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            raise ConnectionFault("the server sent more than one answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > _MAX_HEADERS:
+            raise ConnectionFault(f"the answer has more than {_MAX_HEADERS} headers")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = dict.get(self._headers, key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise ConnectionFault("unexpected 101 Switching Protocols")
+            # Informational: its headers are dropped and the final answer follows on the same
+            # connection. llhttp completes it as a body-less message (on_message_complete).
+            self._interim = True
+            self._headers = Headers()
+            self._header_count = 0
+            return
+        self._headers_done = True
+        headers = self._headers
+        length = headers.get("content-length")
+        chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
+        self._framed = chunked or length is not None or status in (204, 304)
+        # llhttp has validated the Content-Length digits by now.
+        if length is not None and not chunked and length.isdigit() and int(length) > self._limit:
+            raise TooLarge(
+                f"the answer announces {int(length)} bytes, over the {self._limit}-byte cap",
+                announced=True,
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._limit:
+            raise TooLarge(f"the answer exceeds the {self._limit}-byte cap", announced=False)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete(keep_alive=self._parser.should_keep_alive())
+
+    def _complete(self, *, keep_alive: bool) -> None:
+        waiter, self._waiter = self._waiter, None
+        status = self._parser.get_status_code()
+        answer: Answer = (status, self._headers, b"".join(self._body))
+        self._body = []
+        self.reusable = keep_alive and not self.lost
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+
+async def open_connection(
+    config: TransportConfig,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float,
+) -> Connection:
+    """A connected :class:`Connection` (TCP, TLS or unix socket) within ``timeout`` seconds.
+
+    A connection the caller gives up on (deadline, cancellation) is closed by asyncio.
+    """
+    loop = asyncio.get_running_loop()
+    limit = config.max_response_bytes
+
+    def factory() -> Connection:
+        return Connection(loop, limit)
+
+    async with asyncio.timeout(timeout):
+        if config.unix_socket:
+            _, protocol = await loop.create_unix_connection(factory, config.unix_socket)
+        elif ssl_context is not None:
+            _, protocol = await loop.create_connection(
+                factory,
+                config.host,
+                config.port,
+                ssl=ssl_context,
+                # SNI and the name verified: tls_server_name when set, else the host.
+                server_hostname=config.server_name or config.host,
+                ssl_handshake_timeout=max(timeout, 0.001),
+            )
+        else:
+            _, protocol = await loop.create_connection(factory, config.host, config.port)
+    _no_delay(protocol)
+    return protocol
+
+
+def _no_delay(protocol: Connection) -> None:
+    """Requests are written whole, so Nagle's delay could only add latency (asyncio sets
+    TCP_NODELAY itself since 3.x; uvloop too; set here so it does not depend on either)."""
+    transport = protocol.transport
+    sock: Any = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description: exception type and errno text, no request data."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{type(exc).__name__}: {exc.reason}"
+    return type(exc).__name__
