@@ -18,10 +18,17 @@ Fixtures (all start real processes on 127.0.0.1; all are stopped at session end)
 
 Product fixtures (helpers are in tests/support/, imported as ``support``):
 
+- ``io_mode``: the I/O mode under test. Every test that uses ``io_mode``, ``clean_consul_env``
+  or a handler fixture runs twice, as ``[threads]`` and ``[asyncio]`` (``CONSUL_IO`` is set
+  for it, so even a handler a test builds itself runs in that mode), unless it is marked
+  ``io_independent`` (nothing it checks goes through the I/O layer) or ``threads_only``
+  (it checks worker threads), each with its reason.
 - ``clean_consul_env``: no CONSUL_* variable of the developer's shell reaches a test.
 - ``make_handler(target, **settings)`` with the product defaults, ``handler`` (on the shared
   agent), ``make_tuned_handler(target, **over)`` with ``support.tuned`` settings (quick
   timeouts, millisecond backoff, a breaker that only opens when the test says so).
+- ``direct(target, **settings)``: the handler's client and transport without the handler, in
+  the test's I/O mode (``await client(lambda c: c.kv.get("k"))``).
 - ``dead_port``: a reserved loopback port nothing listens on.
 - ``debug_logs`` / ``info_logs``: a ``support.LogCollector`` on the root logger.
 - ``gates`` and ``make_pool(workers, ...)``: a BoundedThreadPool whose workers the test holds.
@@ -107,6 +114,21 @@ def _describe(kind: str, found: str | BinaryUnavailable) -> str:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The Consul and toxiproxy versions in use (without building anything here)."""
     return [_describe(kind, _lookup(kind, build=False)).splitlines()[0] for kind in _KINDS]
+
+
+IO_MODES = ("threads", "asyncio")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One switch for both I/O modes: ``io_mode`` is parametrized wherever it is used."""
+    if "io_mode" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("io_independent") is not None:
+        return
+    modes = IO_MODES
+    if metafunc.definition.get_closest_marker("threads_only") is not None:
+        modes = ("threads",)
+    metafunc.parametrize("io_mode", modes, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -287,6 +309,7 @@ CONSUL_ENV_VARS = (
     "CONSUL_CLIENT_CERT",
     "CONSUL_CLIENT_KEY",
     "CONSUL_TLS_SERVER_NAME",
+    "CONSUL_IO",
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
     "CONSUL_HTTP_TOKEN_FILE",
@@ -301,13 +324,24 @@ _NESTED_PREFIXES = ("CONSUL_RETRY__", "CONSUL_BREAKER__", "CONSUL_CHECKS__")
 
 
 @pytest.fixture
-def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def io_mode(request: pytest.FixtureRequest) -> str | None:
+    """The I/O mode under test (``threads`` or ``asyncio``), or None in a test marked
+    ``io_independent`` (the settings' default then applies)."""
+    mode: str | None = getattr(request, "param", None)
+    return mode
+
+
+@pytest.fixture
+def clean_consul_env(monkeypatch: pytest.MonkeyPatch, io_mode: str | None) -> None:
     import os
 
     for name in list(os.environ):
         upper = name.upper()
         if upper in CONSUL_ENV_VARS or upper.startswith(_NESTED_PREFIXES):
             monkeypatch.delenv(name)
+    if io_mode is not None:
+        # Every handler and ConsulSettings of the test reads it (an explicit ``io`` still wins).
+        monkeypatch.setenv("CONSUL_IO", io_mode)
 
 
 @pytest.fixture
@@ -334,6 +368,29 @@ async def make_handler(clean_consul_env: None) -> Any:
 async def handler(make_handler: Any, consul_agent: ConsulAgent) -> Any:
     """An initialized handler on the shared dev agent."""
     return await make_handler(consul_agent)
+
+
+@pytest.fixture
+async def direct(clean_consul_env: None, io_mode: str | None) -> Any:
+    """Factory: ``direct(target, **settings) -> support.Direct``: the handler's client over
+    its transport in the test's I/O mode, without the handler; closed when the test ends."""
+    from support import Direct
+
+    from handler_consul import ConsulSettings
+
+    made: list[Direct] = []
+
+    def make(target: Any, **settings: Any) -> Direct:
+        client = Direct(
+            ConsulSettings(host=target.host, port=target.port, **settings), io_mode or "threads"
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+    await asyncio.sleep(0)  # the asyncio transport closes its sockets from a loop callback
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from harness import ConsulAgent, EarlyHints, OversizedBody, TrickleBody, TrickleHeaders
-from support import envelope, scripted_server, uniq
+from support import DirectFor, envelope, scripted_server, uniq, wait_until
 
 from handler_consul import (
     ConsulSettings,
@@ -32,7 +32,6 @@ from handler_consul import (
     InfraTimeoutError,
     InfraUnavailableError,
 )
-from handler_consul._runtime import build_client
 from handler_consul._transport import ResponseTooLarge, TransportTimeout
 
 # A deadline of 1 s against a server that sends a byte every 0.4 s: without an absolute
@@ -41,40 +40,25 @@ DEADLINE = 1.0
 MARGIN = 0.5
 
 
-def _client(server: Any, **settings: Any) -> Any:
-    return build_client(ConsulSettings(host=server.host, port=server.port, **settings))
-
-
-def _timed(fn: Any, *args: Any) -> tuple[BaseException | None, float, Any]:
-    started = time.monotonic()
-    try:
-        result = fn(*args)
-    except Exception as exc:
-        return exc, time.monotonic() - started, None
-    return None, time.monotonic() - started, result
-
-
 @pytest.mark.parametrize("server_fixture", ["trickle_headers_server", "trickle_body_server"])
-def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(
-    server_fixture: str, request: pytest.FixtureRequest
+async def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(
+    server_fixture: str, request: pytest.FixtureRequest, direct: DirectFor
 ) -> None:
     server: TrickleHeaders | TrickleBody = request.getfixturevalue(server_fixture)
     # The cap is above TrickleBody's announced 100 MB, so only the deadline can end it.
-    client = _client(server, timeout_seconds=DEADLINE, max_response_bytes=200_000_000)
-    try:
-        error, elapsed, _ = _timed(client.kv.get, "k")
-    finally:
-        client.http.close()
+    client = direct(server, timeout_seconds=DEADLINE, max_response_bytes=200_000_000)
+    error, elapsed, _ = await client.timed(lambda c: c.kv.get("k"))
     assert isinstance(error, TransportTimeout)
     assert error.request_sent is True
     assert DEADLINE - 0.05 <= elapsed < DEADLINE + MARGIN
     assert server.requests == 1
 
 
-async def test_a_trickling_server_frees_the_worker_thread_within_the_timeout(
-    trickle_body_server: TrickleBody, clean_consul_env: None
+async def test_a_trickling_server_frees_its_slot_within_the_timeout(
+    trickle_body_server: TrickleBody, clean_consul_env: None, io_mode: str
 ) -> None:
-    """The handler's own worker (not just its caller) is free again by timeout + margin."""
+    """The handler's own slot (a worker thread, or the call on the loop and its connection),
+    not just its caller, is free again by timeout + margin."""
     handler = HandlerConsul(
         ConsulSettings(
             host=trickle_body_server.host,
@@ -87,20 +71,24 @@ async def test_a_trickling_server_frees_the_worker_thread_within_the_timeout(
     started = time.monotonic()
     with pytest.raises(InfraTimeoutError):
         await handler.initialize()
-    workers = [t for t in threading.enumerate() if t.name.startswith("handler-consul-")]
-    for worker in workers:
-        await asyncio.to_thread(worker.join, DEADLINE + 2)
-    assert [t.name for t in workers if t.is_alive()] == []
-    assert time.monotonic() - started < DEADLINE + MARGIN + 0.1
+    if io_mode == "asyncio":
+        # No thread: the call is the coroutine that just raised, so it ended with its
+        # deadline; it dropped its connection too, which the server notices at its next
+        # byte (one interval later).
+        assert time.monotonic() - started < DEADLINE + MARGIN + 0.1
+        assert await wait_until(lambda: trickle_body_server.active_connections == 0, timeout=2)
+    else:
+        workers = [t for t in threading.enumerate() if t.name.startswith("handler-consul-")]
+        for worker in workers:
+            await asyncio.to_thread(worker.join, DEADLINE + 2)
+        assert [t.name for t in workers if t.is_alive()] == []
+        assert time.monotonic() - started < DEADLINE + MARGIN + 0.1
 
 
-def test_a_1xx_alone_ends_at_the_deadline(clean_consul_env: None) -> None:
+async def test_a_1xx_alone_ends_at_the_deadline(direct: DirectFor) -> None:
     with EarlyHints(mode="103-only") as server:
-        client = _client(server, timeout_seconds=DEADLINE)
-        try:
-            error, elapsed, _ = _timed(client.kv.get, "k")
-        finally:
-            client.http.close()
+        client = direct(server, timeout_seconds=DEADLINE)
+        error, elapsed, _ = await client.timed(lambda c: c.kv.get("k"))
     assert isinstance(error, TransportTimeout)
     assert elapsed < DEADLINE + MARGIN
 
@@ -113,34 +101,28 @@ def _kv_answer(n: int, _request: Any) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["103", "100"])
-def test_informational_answers_are_skipped_and_never_desync_a_kept_alive_connection(
-    mode: str,
+async def test_informational_answers_are_skipped_and_never_desync_a_kept_alive_connection(
+    mode: str, direct: DirectFor
 ) -> None:
     """Each request reads its own answer (the server numbers them), over one connection."""
     with EarlyHints(mode=mode, body_for=_kv_answer) as server:
-        client = _client(server, timeout_seconds=5)
-        try:
-            values = [client.kv.get("k")[1]["Value"] for _ in range(5)]
-        finally:
-            client.http.close()
+        client = direct(server, timeout_seconds=5)
+        values = [(await client(lambda c: c.kv.get("k")))[1]["Value"] for _ in range(5)]
         assert values == [b"1", b"2", b"3", b"4", b"5"]
         assert server.connections == 1
         assert server.interims_sent == 5
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_an_answer_over_the_size_cap_is_refused_and_its_connection_closed(
-    chunked: bool,
+async def test_an_answer_over_the_size_cap_is_refused_and_its_connection_closed(
+    chunked: bool, direct: DirectFor
 ) -> None:
     cap = 1024 * 1024
     with OversizedBody(size=64 * 1024 * 1024, chunked=chunked) as server:
-        client = _client(server, timeout_seconds=10, max_response_bytes=cap)
-        try:
-            error, elapsed, _ = _timed(client.kv.get, "k")
-            # The connection was not put back: the next request opens a new one.
-            second, _, _ = _timed(client.kv.get, "k")
-        finally:
-            client.http.close()
+        client = direct(server, timeout_seconds=10, max_response_bytes=cap)
+        error, elapsed, _ = await client.timed(lambda c: c.kv.get("k"))
+        # The connection was not put back: the next request opens a new one.
+        second, _, _ = await client.timed(lambda c: c.kv.get("k"))
         assert isinstance(error, ResponseTooLarge)
         assert isinstance(second, ResponseTooLarge)
         assert error.limit == cap
@@ -255,7 +237,9 @@ class _ClosesIdleConnections(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_an_idle_connection_the_server_closed_is_not_used_for_a_write() -> None:
+async def test_an_idle_connection_the_server_closed_is_not_used_for_a_write(
+    direct: DirectFor,
+) -> None:
     """Noticed before the write, so the write goes on a fresh connection and is answered:
     a CAS write never becomes an unknown outcome because of an idle close."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ClosesIdleConnections)
@@ -263,18 +247,25 @@ def test_an_idle_connection_the_server_closed_is_not_used_for_a_write() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     host, port = server.server_address[:2]
-    client = build_client(ConsulSettings(host=str(host), port=int(port), timeout_seconds=5))
     try:
-        assert client.kv.put("idle/a", "1") is True
-        time.sleep(0.1)  # the server's FIN arrives while the connection sits idle
+        client = direct(_Address(str(host), int(port)), timeout_seconds=5)
+        assert await client(lambda c: c.kv.put("idle/a", "1")) is True
+        # The server's FIN arrives while the connection sits idle. A blocking sleep on
+        # purpose: the event loop does not see the FIN before the next request is made, so
+        # only the socket check before reuse can notice it (as it must in a worker thread).
+        time.sleep(0.1)  # noqa: ASYNC251
         # A body-less write goes out in one send, so only the liveness check can save it (a
         # write with a body fails on its second send and is re-sent as never having left).
-        assert client.agent.service.deregister("idle-b") is True
+        assert await client(lambda c: c.agent.service.deregister("idle-b")) is True
     finally:
-        client.http.close()
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class _Address:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
 
 
 # -- the final error remembers what earlier attempts did -----------------------------------------

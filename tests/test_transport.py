@@ -11,67 +11,58 @@ import uuid
 
 import pytest
 from harness import ConsulAgent, CountingProxy
-from support import CountFor, MakeHandler, kv_get, pool_snapshot, unique_key
+from support import CountFor, DirectFor, MakeHandler, kv_get, pool_snapshot, unique_key
 
-from handler_consul import ConsulSettings
-from handler_consul._runtime import build_client
 from handler_consul._transport import TransportError
 from handler_consul._transport.response import Headers, parse_headers
 
 pytestmark = pytest.mark.consul
 
 
-def _client(target: ConsulAgent | CountingProxy, **settings: object):  # type: ignore[no-untyped-def]
-    return build_client(ConsulSettings(host=target.host, port=target.port, **settings))
-
-
-def test_large_chunked_listing_is_read_whole(consul_agent: ConsulAgent) -> None:
-    prefix = f"transport/{uuid.uuid4().hex}/"
-    client = _client(consul_agent)
-    try:
-        value = "x" * 4096
-        for i in range(40):
-            assert client.kv.put(f"{prefix}{i:03d}", value) is True
-        raw = client.http._request("GET", f"/v1/kv/{prefix}", [("recurse", "1")], None)
-        # ~220 KB of JSON: Go's server streams it chunked, so that path is exercised.
-        assert raw.headers.get("Transfer-Encoding") == "chunked"
-        assert raw.code == 200
-        index, items = client.kv.get(prefix, recurse=True)
-        assert int(index) >= 1
-        assert [item["Key"] for item in items] == [f"{prefix}{i:03d}" for i in range(40)]
-        assert all(item["Value"] == value.encode() for item in items)
-    finally:
-        client.http.close()
-
-
-def test_consul_headers_are_case_insensitive(consul_agent: ConsulAgent) -> None:
-    client = _client(consul_agent)
-    try:
-        raw = client.http._request("GET", "/v1/kv/transport-none", None, None)
-        assert raw.code == 404
-        index = raw.headers["X-Consul-Index"]
-        assert index is not None
-        assert int(index) > 0
-        assert raw.headers.get("x-consul-index") == index
-        assert "X-CONSUL-INDEX" in raw.headers
-        assert raw.headers["X-Not-There"] is None
-    finally:
-        client.http.close()
-
-
-def test_one_kept_alive_connection_serves_sequential_requests(
-    counting_proxy: CountingProxy,
+async def test_large_chunked_listing_is_read_whole(
+    consul_agent: ConsulAgent, direct: DirectFor
 ) -> None:
-    client = _client(counting_proxy)
-    try:
-        key = f"transport/{uuid.uuid4().hex}"
-        for i in range(50):
-            assert client.kv.put(key, f"v{i}") is True
-            assert client.kv.get(key)[1]["Value"] == f"v{i}".encode()
-        assert counting_proxy.requests == 100
-        assert counting_proxy.connections == 1
-    finally:
-        client.http.close()
+    prefix = f"transport/{uuid.uuid4().hex}/"
+    client = direct(consul_agent)
+    value = "x" * 4096
+    for i in range(40):
+        assert await client(lambda c, i=i: c.kv.put(f"{prefix}{i:03d}", value)) is True
+    raw = await client(
+        lambda c: c.http._request("GET", f"/v1/kv/{prefix}", [("recurse", "1")], None)
+    )
+    # ~220 KB of JSON: Go's server streams it chunked, so that path is exercised.
+    assert raw.headers.get("Transfer-Encoding") == "chunked"
+    assert raw.code == 200
+    index, items = await client(lambda c: c.kv.get(prefix, recurse=True))
+    assert int(index) >= 1
+    assert [item["Key"] for item in items] == [f"{prefix}{i:03d}" for i in range(40)]
+    assert all(item["Value"] == value.encode() for item in items)
+
+
+async def test_consul_headers_are_case_insensitive(
+    consul_agent: ConsulAgent, direct: DirectFor
+) -> None:
+    client = direct(consul_agent)
+    raw = await client(lambda c: c.http._request("GET", "/v1/kv/transport-none", None, None))
+    assert raw.code == 404
+    index = raw.headers["X-Consul-Index"]
+    assert index is not None
+    assert int(index) > 0
+    assert raw.headers.get("x-consul-index") == index
+    assert "X-CONSUL-INDEX" in raw.headers
+    assert raw.headers["X-Not-There"] is None
+
+
+async def test_one_kept_alive_connection_serves_sequential_requests(
+    counting_proxy: CountingProxy, direct: DirectFor
+) -> None:
+    client = direct(counting_proxy)
+    key = f"transport/{uuid.uuid4().hex}"
+    for i in range(50):
+        assert await client(lambda c, i=i: c.kv.put(key, f"v{i}")) is True
+        assert (await client(lambda c: c.kv.get(key)))[1]["Value"] == f"v{i}".encode()
+    assert counting_proxy.requests == 100
+    assert counting_proxy.connections == 1
 
 
 async def test_no_connection_is_discarded_under_full_concurrency(
@@ -97,23 +88,24 @@ async def test_no_connection_is_discarded_under_full_concurrency(
     assert counter.requests == 1 + 23 * len(keys)
 
 
-def test_a_stale_kept_alive_connection_is_replaced(fresh_consul_agent: ConsulAgent) -> None:
+async def test_a_stale_kept_alive_connection_is_replaced(
+    fresh_consul_agent: ConsulAgent, direct: DirectFor
+) -> None:
     """The agent restarts: the pooled connection is dead; the next request goes out on a
     fresh one instead of failing."""
-    client = _client(fresh_consul_agent)
-    try:
-        assert client.status.leader()
-        fresh_consul_agent.restart()
-        assert client.kv.put("transport/after-restart", "v") is True
-    finally:
-        client.http.close()
+    client = direct(fresh_consul_agent)
+    assert await client(lambda c: c.status.leader())
+    await asyncio.to_thread(fresh_consul_agent.restart)
+    assert await client(lambda c: c.kv.put("transport/after-restart", "v")) is True
 
 
-def test_a_closed_transport_refuses_without_sending(counting_proxy: CountingProxy) -> None:
-    client = _client(counting_proxy)
-    client.http.close()
+async def test_a_closed_transport_refuses_without_sending(
+    counting_proxy: CountingProxy, direct: DirectFor
+) -> None:
+    client = direct(counting_proxy)
+    client.close()
     with pytest.raises(TransportError) as caught:
-        client.status.leader()
+        await client(lambda c: c.status.leader())
     assert caught.value.request_sent is False
     assert counting_proxy.requests == 0
 

@@ -126,13 +126,13 @@ async def test_a_missing_socket_is_a_connection_error_naming_it(socket_dir):
 async def test_a_silent_socket_is_bounded_by_the_deadline(socket_dir):
     # A listener that never accepts: the connect completes in the kernel's backlog, the
     # request is written, and no answer ever comes.
-    path = str(socket_dir / "silent.sock")
+    path = str(socket_dir / f"{uniq('silent')}.sock")  # one per test: it runs in each I/O mode
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(8)
     handler = HandlerConsul()
-    started = time.monotonic()
     try:
+        listener.bind(path)
+        listener.listen(8)
+        started = time.monotonic()
         with pytest.raises(InfraTimeoutError) as caught:
             await handler.initialize(
                 {"unix_socket": path, "timeout_seconds": 1.0, "retry": {"max_attempts": 1}}

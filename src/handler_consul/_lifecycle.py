@@ -196,6 +196,7 @@ class Lifecycle:
                 handler_log.warning(
                     "shutdown: grace period over, failed %d in-flight envelopes", failed
                 )
-                # Let the failed envelopes observe their error before this returns.
-                await asyncio.sleep(0)
+            # One loop iteration: the failed envelopes observe their error, and the sockets
+            # of the asyncio mode (closed from a loop callback) are closed before this returns.
+            await asyncio.sleep(0)
         handler_log.info("shut down", extra={"target": runtime.settings.breaker_name})

@@ -18,7 +18,8 @@ the fixtures (real agents, proxies, handlers, log collectors, pools). The module
   into each state (the unit tests);
 - ``pool``: gates that hold a BoundedThreadPool's workers until the test releases them;
 - ``cli``: the CLI as a subprocess;
-- ``servers``: stand-in HTTP servers whose answers a test scripts.
+- ``servers``: stand-in HTTP servers whose answers a test scripts;
+- ``direct``: the handler's client and transport without the handler, in either I/O mode.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .breakers import (
     open_breaker,
 )
 from .cli import CLI, agent_env, clean_env, cli
+from .direct import Direct, DirectFor
 from .envelopes import (
     assert_json_ready,
     envelope,
@@ -123,6 +125,8 @@ __all__ = [
     "UNKNOWN_UUID",
     "Concurrency",
     "CountFor",
+    "Direct",
+    "DirectFor",
     "FakeClock",
     "FaultSummary",
     "FixedRng",

@@ -101,16 +101,23 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once (RST, nothing flushed): its state is unknown."""
-        self.reusable = False
-        self.lost = True
-        if self.transport is not None:
-            self.transport.abort()
+        self._drop(abort=True)
 
     def close(self) -> None:
+        self._drop(abort=False)
+
+    def _drop(self, *, abort: bool) -> None:
         self.reusable = False
         self.lost = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.loop.is_closed():
+            _close_orphaned(transport)
+        elif abort:
+            transport.abort()
+        else:
+            transport.close()
 
     def looks_alive(self) -> bool:
         """An idle connection is usable if nothing has arrived on it since its last answer:
@@ -287,6 +294,27 @@ def _no_delay(protocol: Connection) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _close_orphaned(transport: Any) -> None:
+    """Close a connection whose event loop is already closed (a handler shut down from
+    another loop than the one it ran on, after ``asyncio.run`` ended).
+
+    asyncio closes a socket from a callback it schedules on the transport's loop, which a
+    closed loop refuses; left alone, the socket would stay open until garbage collection.
+    So the transport's own closing step runs here, directly: that is a private method of
+    asyncio's selector transports (the same in 3.11 to 3.13), used only in this corner.
+    Other loops (uvloop closes its transports with the loop) fall back to ``abort()``.
+    """
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    for candidate in (inner, transport):
+        closer = getattr(candidate, "_call_connection_lost", None)
+        if closer is not None and getattr(candidate, "_sock", None) is not None:
+            with contextlib.suppress(Exception):
+                closer(None)
+            return
+    with contextlib.suppress(RuntimeError):
+        transport.abort()
 
 
 def _describe(exc: BaseException) -> str:
