@@ -59,6 +59,7 @@ pytestmark = pytest.mark.usefixtures("clean_consul_env")
 # -- the pool on its own: a bounded wait in a bounded queue -------------------------------------
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_waiting_for_a_slot_is_bounded_by_max_wait(
     make_pool: MakePool, gates: Gates
 ) -> None:
@@ -78,6 +79,7 @@ async def test_pool_waiting_for_a_slot_is_bounded_by_max_wait(
     assert await running == "first"
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_wait_is_also_bounded_by_the_call_timeout(
     make_pool: MakePool, gates: Gates
 ) -> None:
@@ -92,6 +94,7 @@ async def test_pool_wait_is_also_bounded_by_the_call_timeout(
     assert await running == "first"
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_queue_is_capped_and_extra_callers_are_refused_at_once(
     make_pool: MakePool, gates: Gates
 ) -> None:
@@ -116,6 +119,7 @@ async def test_pool_queue_is_capped_and_extra_callers_are_refused_at_once(
     assert await asyncio.gather(*queued) == [0, 1, 2, 3, 4]  # served in arrival order
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_abandoned_calls_count_against_the_cap_until_a_worker_skips_them(
     make_pool: MakePool, gates: Gates
 ) -> None:
@@ -141,6 +145,7 @@ async def test_pool_abandoned_calls_count_against_the_cap_until_a_worker_skips_t
     assert pool.peak_busy == 1
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_cancelled_waiter_leaves_the_queue_and_the_slot_goes_on(
     make_pool: MakePool, gates: Gates
 ) -> None:

@@ -6,16 +6,18 @@
    on a follower, and the handler on the leader itself).
 
 In each: every envelope ends within its deadline (plus EPSILON) with a result or a typed
-InfraError; no task hangs (a hard bound on waiting for all of them); live worker threads
-never exceed ``max_concurrent_operations`` (a sampler thread counts OS threads named
-``handler-consul-*``; describe()["pool"] is sampled on every loop tick); the breaker opens,
+InfraError; no task hangs (a hard bound on waiting for all of them); calls in flight never
+exceed ``max_concurrent_operations`` (describe()["pool"] is sampled on every loop tick; in the
+threads mode a sampler thread also counts OS threads named ``handler-consul-*``, and in the
+asyncio mode it must count none); the breaker opens,
 rejects fast without touching the pool, and closes on its own once Consul is back; in (3)
 every acknowledged write reads back, ``consistency: consistent``, with the value written.
 
-Each test prints one ``FAULT-SUMMARY`` line to the terminal (past pytest's capture) and
-appends it to ``$FAULT_SUMMARY_FILE`` when that is set. Harness calls that block (kill,
-restart, toxiproxy's API) run in a thread so the loop-lag figure is the handler's own. The
-load, the watch and the summary are in support/faults.py.
+Every test runs in both I/O modes (``io_mode``). Each prints one ``FAULT-SUMMARY`` line to
+the terminal (past pytest's capture) and appends it to ``$FAULT_SUMMARY_FILE`` when that is
+set. Harness calls that block (kill, restart, toxiproxy's API) run in a thread so the
+loop-lag figure is the handler's own. The load, the watch and the summary are in
+support/faults.py.
 """
 
 from __future__ import annotations
@@ -70,7 +72,18 @@ def handler_config(port: int, **over: Any) -> dict[str, Any]:
     return config
 
 
-async def check_common(load: Load, watch: Watch, *, recovered_tail: int) -> None:
+def check_bound(watch: Watch, io_mode: str) -> None:
+    """Calls in flight stayed within the bound: worker threads, or coroutines on the loop."""
+    assert watch.pool_busy_peak <= WORKERS
+    assert watch.pool_threads_peak <= WORKERS
+    if io_mode == "asyncio":
+        assert watch.sampler.peak == 0  # no worker thread was ever started
+        assert watch.pool_threads_peak == 0
+    else:
+        assert 1 <= watch.sampler.peak <= WORKERS
+
+
+async def check_common(load: Load, watch: Watch, io_mode: str, *, recovered_tail: int) -> None:
     """What every fault test must show, once the load has finished."""
     pending = await load.finish(HARD_BOUND)
     assert not pending, f"{len(pending)} envelopes still running after {HARD_BOUND}s"
@@ -78,10 +91,7 @@ async def check_common(load: Load, watch: Watch, *, recovered_tail: int) -> None
     assert not load.untyped(), [(o.index, repr(o.error)) for o in load.untyped()][:5]
     overruns = load.overruns(EPSILON)
     assert not overruns, [(o.index, o.operation, round(o.elapsed, 3), o.kind) for o in overruns]
-    # Threads: OS threads and the pool's own count, never past the bound.
-    assert 1 <= watch.sampler.peak <= WORKERS
-    assert watch.pool_threads_peak <= WORKERS
-    assert watch.pool_busy_peak <= WORKERS
+    check_bound(watch, io_mode)
     # The breaker opened, rejected fast, and closed again on its own.
     assert "open" in watch.transitions.path, watch.transitions.path
     assert watch.transitions.path[-1] == "closed", watch.transitions.path
@@ -98,13 +108,13 @@ async def check_common(load: Load, watch: Watch, *, recovered_tail: int) -> None
 
 
 async def test_fault_agent_killed_and_restarted_under_steady_load(
-    fresh_consul_agent: ConsulAgent, capsys: pytest.CaptureFixture[str]
+    fresh_consul_agent: ConsulAgent, capsys: pytest.CaptureFixture[str], io_mode: str
 ) -> None:
     agent = fresh_consul_agent
     handler = HandlerConsul()
     try:
         with unique_prefix("restart") as prefix:
-            async with watching(handler, handler_config(agent.http_port)) as watch:
+            async with watching(handler, handler_config(agent.http_port, io=io_mode)) as watch:
                 load = Load(handler, kv_mix(prefix), rate=40, deadline=1.5).start()
                 await load.run_for(1.5)
                 await in_thread(agent.kill)
@@ -113,9 +123,9 @@ async def test_fault_agent_killed_and_restarted_under_steady_load(
                 await in_thread(agent.restart)  # same ports; waits until it has a leader
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
                 await load.run_for(2.0)
-                await check_common(load, watch, recovered_tail=20)
+                await check_common(load, watch, io_mode, recovered_tail=20)
         emit(
-            summarize("agent-killed-and-restarted", load, watch, thread_bound=WORKERS),
+            summarize(f"agent-killed-and-restarted [{io_mode}]", load, watch, thread_bound=WORKERS),
             capsys,
         )
     finally:
@@ -138,12 +148,13 @@ async def test_fault_toxiproxy(
     toxiproxy_for: Callable[[Any], Toxiproxy],
     consul_agent: ConsulAgent,
     capsys: pytest.CaptureFixture[str],
+    io_mode: str,
 ) -> None:
     proxy = toxiproxy_for(consul_agent)
     handler = HandlerConsul()
     try:
         with unique_prefix(fault) as prefix:
-            async with watching(handler, handler_config(proxy.port)) as watch:
+            async with watching(handler, handler_config(proxy.port, io=io_mode)) as watch:
                 load = Load(handler, kv_mix(prefix), rate=40, deadline=1.5).start()
                 await load.run_for(1.0)
                 await in_thread(FAULTS[fault], proxy)
@@ -155,9 +166,9 @@ async def test_fault_toxiproxy(
                 await in_thread(proxy.clear)
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
                 await load.run_for(1.5)
-                await check_common(load, watch, recovered_tail=20)
+                await check_common(load, watch, io_mode, recovered_tail=20)
         emit(
-            summarize(fault, load, watch, thread_bound=WORKERS),
+            summarize(f"{fault} [{io_mode}]", load, watch, thread_bound=WORKERS),
             capsys,
         )
     finally:
@@ -167,7 +178,7 @@ async def test_fault_toxiproxy(
 # -- 3. the cluster loses its leader ------------------------------------------------------------
 
 
-def cluster_config(port: int) -> dict[str, Any]:
+def cluster_config(port: int, io: str) -> dict[str, Any]:
     # Writes may wait out an election (about 2.5 s on loopback): a longer deadline and
     # more attempts than the single-agent tests.
     return handler_config(
@@ -176,17 +187,18 @@ def cluster_config(port: int) -> dict[str, Any]:
         max_wait_seconds=1.0,
         retry={"max_attempts": 4, "initial_delay_seconds": 0.1, "max_delay_seconds": 0.5},
         breaker={"failure_threshold": 3, "reset_timeout_seconds": 1.0},
+        io=io,
     )
 
 
 async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
-    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str]
+    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str], io_mode: str
 ) -> None:
     follower = (await in_thread(consul_cluster.followers))[0]
     handler = HandlerConsul()
     try:
         with unique_prefix("leader-via-follower") as prefix:
-            async with watching(handler, cluster_config(follower.http_port)) as watch:
+            async with watching(handler, cluster_config(follower.http_port, io_mode)) as watch:
                 load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
                 await load.run_for(1.5)
                 killed = await in_thread(consul_cluster.kill_leader)
@@ -198,10 +210,10 @@ async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
                 assert not pending
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
                 acked, lost = await read_back(handler, load)
-            await check_cluster(load, watch, acked=acked, lost=lost, must_open=False)
+            await check_cluster(load, watch, io_mode, acked=acked, lost=lost, must_open=False)
         emit(
             summarize(
-                "cluster-leader-killed (handler on a follower)",
+                f"cluster-leader-killed (handler on a follower) [{io_mode}]",
                 load,
                 watch,
                 thread_bound=WORKERS,
@@ -215,13 +227,13 @@ async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
 
 
 async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
-    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str]
+    consul_cluster: ConsulCluster, capsys: pytest.CaptureFixture[str], io_mode: str
 ) -> None:
     leader = await in_thread(consul_cluster.leader)
     handler = HandlerConsul()
     try:
         with unique_prefix("leader-under-handler") as prefix:
-            async with watching(handler, cluster_config(leader.http_port)) as watch:
+            async with watching(handler, cluster_config(leader.http_port, io_mode)) as watch:
                 load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
                 await load.run_for(1.5)
                 await in_thread(leader.kill)
@@ -233,10 +245,10 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
                 pending = await load.finish(HARD_BOUND)
                 assert not pending
                 acked, lost = await read_back(handler, load)
-            await check_cluster(load, watch, acked=acked, lost=lost, must_open=True)
+            await check_cluster(load, watch, io_mode, acked=acked, lost=lost, must_open=True)
         emit(
             summarize(
-                "cluster-leader-killed (handler on the leader)",
+                f"cluster-leader-killed (handler on the leader) [{io_mode}]",
                 load,
                 watch,
                 thread_bound=WORKERS,
@@ -250,13 +262,12 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
 
 
 async def check_cluster(
-    load: Load, watch: Watch, *, acked: int, lost: list[str], must_open: bool
+    load: Load, watch: Watch, io_mode: str, *, acked: int, lost: list[str], must_open: bool
 ) -> None:
     assert not load.untyped()
     overruns = load.overruns(EPSILON)
     assert not overruns, [(o.index, round(o.elapsed, 3), o.kind) for o in overruns]
-    assert 1 <= watch.sampler.peak <= WORKERS
-    assert watch.pool_threads_peak <= WORKERS
+    check_bound(watch, io_mode)
     assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:5]}"
     assert acked >= len(load.outcomes) // 2, (acked, load.counts())
     assert watch.breaker_state() == "closed"

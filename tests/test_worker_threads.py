@@ -34,7 +34,13 @@ from support import (
 from handler_consul import InfraUnavailableError
 from handler_consul._pool import PoolClosed, PoolSaturated, PoolTimeout
 
-pytestmark = pytest.mark.usefixtures("clean_consul_env")
+pytestmark = [
+    pytest.mark.usefixtures("clean_consul_env"),
+    pytest.mark.threads_only(
+        "worker threads exist only in the threads mode; the asyncio mode's bound has the same "
+        "tests in tests/test_bulkhead.py"
+    ),
+]
 
 
 # -- the pool on its own ------------------------------------------------------------------------
