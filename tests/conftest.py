@@ -18,11 +18,11 @@ Fixtures (all start real processes on 127.0.0.1; all are stopped at session end)
 
 Product fixtures (helpers are in tests/support/, imported as ``support``):
 
-- ``io_mode``: the I/O mode under test. Every test that uses ``io_mode``, ``clean_consul_env``
-  or a handler fixture runs twice, as ``[threads]`` and ``[asyncio]`` (``CONSUL_IO`` is set
-  for it, so even a handler a test builds itself runs in that mode), unless it is marked
-  ``io_independent`` (nothing it checks goes through the I/O layer) or ``threads_only``
-  (it checks worker threads), each with its reason.
+- ``io_mode`` (autouse): the I/O mode under test. Every test runs twice, as ``[threads]`` and
+  ``[asyncio]`` (``CONSUL_IO`` is set for it, so even a handler a test builds itself runs in
+  that mode), except in the modules of ``IO_INDEPENDENT_MODULES`` and tests marked
+  ``io_independent`` (nothing they check goes through the I/O layer) or ``threads_only``
+  (they check worker threads), each with its reason.
 - ``clean_consul_env``: no CONSUL_* variable of the developer's shell reaches a test.
 - ``make_handler(target, **settings)`` with the product defaults, ``handler`` (on the shared
   agent), ``make_tuned_handler(target, **over)`` with ``support.tuned`` settings (quick
@@ -117,13 +117,35 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 IO_MODES = ("threads", "asyncio")
+# Test modules (by name prefix) that never reach the I/O layer through a handler: the code's
+# own rules, settings, the CLI's parsing and output, the harness, the docs. They run once;
+# every other test runs in both I/O modes, new ones included, unless marked.
+IO_INDEPENDENT_MODULES = (
+    "test_architecture",
+    "test_bench_smoke",
+    "test_cli",
+    "test_consul_clash",
+    "test_docs",
+    "test_envelope",
+    "test_exports",
+    "test_harness",
+    "test_properties",  # the validators refuse before any I/O; test_refusals runs in both
+    "test_quality",
+    "test_settings",
+)
+
+
+def _io_independent(definition: pytest.Function) -> bool:
+    if definition.get_closest_marker("io_independent") is not None:
+        return True
+    path = definition.path
+    return path.parent.name == "unit" or path.stem.startswith(IO_INDEPENDENT_MODULES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One switch for both I/O modes: ``io_mode`` is parametrized wherever it is used."""
-    if "io_mode" not in metafunc.fixturenames:
-        return
-    if metafunc.definition.get_closest_marker("io_independent") is not None:
+    """One switch for both I/O modes: ``io_mode`` (an autouse fixture) is parametrized for
+    every test but the I/O-independent ones."""
+    if "io_mode" not in metafunc.fixturenames or _io_independent(metafunc.definition):
         return
     modes = IO_MODES
     if metafunc.definition.get_closest_marker("threads_only") is not None:
@@ -323,11 +345,14 @@ CONSUL_ENV_VARS = (
 _NESTED_PREFIXES = ("CONSUL_RETRY__", "CONSUL_BREAKER__", "CONSUL_CHECKS__")
 
 
-@pytest.fixture
-def io_mode(request: pytest.FixtureRequest) -> str | None:
-    """The I/O mode under test (``threads`` or ``asyncio``), or None in a test marked
-    ``io_independent`` (the settings' default then applies)."""
+@pytest.fixture(autouse=True)
+def io_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The I/O mode under test (``threads`` or ``asyncio``), exported as ``CONSUL_IO`` so that
+    every handler the test builds runs in it; None in an I/O-independent test (the settings'
+    default then applies)."""
     mode: str | None = getattr(request, "param", None)
+    if mode is not None:
+        monkeypatch.setenv("CONSUL_IO", mode)
     return mode
 
 

@@ -165,6 +165,7 @@ async def test_result_that_arrived_is_delivered_even_after_the_deadline_passed(
     assert stored.body == b"kept"
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_delivers_a_result_that_completed_even_when_the_deadline_is_also_due(
     make_pool: MakePool, gates: Gates
 ) -> None:
@@ -191,6 +192,7 @@ async def test_pool_delivers_a_result_that_completed_even_when_the_deadline_is_a
     assert pool.busy == 0
 
 
+@pytest.mark.io_independent("BoundedThreadPool on its own; AsyncBulkhead: tests/test_bulkhead.py")
 async def test_pool_delivers_an_exception_from_the_call_and_frees_the_slot(
     make_pool: MakePool,
 ) -> None:

@@ -14,8 +14,9 @@ from harness.misbehaving import _Conn, _Server
 class ScriptedAnswers(_Server):
     """Answers the n-th request it reads (across connections) with ``answers[n]`` (the last
     one repeats), then keeps the connection, closes it (``close="fin"``) or resets it
-    (``close="rst"``). ``hold=True`` keeps the connection open after the answer without
-    reading further, so a client's next request on it gets no answer."""
+    (``close="rst"``), ``close_delay`` seconds after the answer. ``hold=True`` keeps the
+    connection open after the answer without reading further, so a client's next request on
+    it gets no answer."""
 
     kind = "scripted-answers"
 
@@ -24,12 +25,14 @@ class ScriptedAnswers(_Server):
         answers: list[bytes],
         *,
         close: str | None = None,
+        close_delay: float = 0.0,
         hold: bool = False,
         max_duration: float = 60.0,
     ) -> None:
         super().__init__(max_duration=max_duration)
         self.answers = answers
         self.close_with = close
+        self.close_delay = close_delay
         self.hold = hold
         self._answered = 0
 
@@ -45,6 +48,8 @@ class ScriptedAnswers(_Server):
                 self._answered += 1
             conn.send(self.answers[min(n, len(self.answers) - 1)])
             if self.close_with is not None:
+                if self.close_delay:
+                    self._sleep(self.close_delay)  # the answer is read before the close
                 conn.close(abort=self.close_with == "rst")
                 return
             if self.hold:

@@ -22,7 +22,7 @@ import contextlib
 import select
 import socket
 import ssl
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -61,10 +61,17 @@ class Connection(asyncio.Protocol):
         self._limit = max_response_bytes
         self._parser = HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
+        self._fault: ConnectionFault | None = None
         # Reusable only between exchanges, after a complete answer that allows keep-alive.
         self.reusable = False
         self.lost = False
         self._reset_answer()
+
+    def _raise(self, fault: ConnectionFault) -> NoReturn:
+        """End the exchange from inside a parser callback (httptools turns the exception
+        into its own error; the fault is kept for :meth:`data_received`)."""
+        self._fault = fault
+        raise fault
 
     def _reset_answer(self) -> None:
         self._headers = Headers()
@@ -96,17 +103,18 @@ class Connection(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
     def expire(self) -> None:
-        """The request's deadline passed: fail the exchange and drop the connection."""
-        self._fail(TimeoutError("the request's deadline passed"))
+        """The request's deadline passed: fail the exchange and drop the connection. An
+        answer that completed in the same loop iteration is kept (and so is its connection)."""
+        if self._waiter is not None:
+            self._fail(TimeoutError("the request's deadline passed"))
 
     def abort(self) -> None:
-        """Drop the connection at once (RST, nothing flushed): its state is unknown."""
-        self._drop(abort=True)
+        """Drop the connection at once, nothing flushed: its state is unknown, or it is idle.
 
-    def close(self) -> None:
-        self._drop(abort=False)
-
-    def _drop(self, *, abort: bool) -> None:
+        Also how an idle connection is closed: there is nothing to flush, and a TLS
+        close_notify exchange would keep the socket open for more loop iterations than a
+        shutdown waits (an HTTP/1.1 answer is framed without it).
+        """
         self.reusable = False
         self.lost = True
         transport = self.transport
@@ -114,10 +122,10 @@ class Connection(asyncio.Protocol):
             return
         if self.loop.is_closed():
             _close_orphaned(transport)
-        elif abort:
-            transport.abort()
         else:
-            transport.close()
+            transport.abort()
+
+    close = abort
 
     def looks_alive(self) -> bool:
         """An idle connection is usable if nothing has arrived on it since its last answer:
@@ -159,16 +167,16 @@ class Connection(asyncio.Protocol):
             if self._head_bytes > _MAX_HEAD_BYTES:
                 self._fail(ConnectionFault("the answer's header block is too large"))
                 return
+        self._fault = None
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
             self._fail(ConnectionFault("the server switched protocols"))
         except HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ConnectionFault):
-                self._fail(cause)  # raised by a callback below
-            else:
-                self._fail(ConnectionFault(f"malformed answer ({type(exc).__name__})"))
+            # A fault raised by one of the callbacks below (kept here too: httptools chains it
+            # to its own error only in some versions), or llhttp's verdict on the bytes.
+            fault = self._fault or ConnectionFault(f"malformed answer ({type(exc).__name__})")
+            self._fail(fault)
 
     def eof_received(self) -> bool:
         self._stream_ended(None)
@@ -195,12 +203,12 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._waiter is None:
-            raise ConnectionFault("the server sent more than one answer")
+            self._raise(ConnectionFault("the server sent more than one answer"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > _MAX_HEADERS:
-            raise ConnectionFault(f"the answer has more than {_MAX_HEADERS} headers")
+            self._raise(ConnectionFault(f"the answer has more than {_MAX_HEADERS} headers"))
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = dict.get(self._headers, key)
@@ -210,7 +218,7 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
-                raise ConnectionFault("unexpected 101 Switching Protocols")
+                self._raise(ConnectionFault("unexpected 101 Switching Protocols"))
             # Informational: its headers are dropped and the final answer follows on the same
             # connection. llhttp completes it as a body-less message (on_message_complete).
             self._interim = True
@@ -224,15 +232,17 @@ class Connection(asyncio.Protocol):
         self._framed = chunked or length is not None or status in (204, 304)
         # llhttp has validated the Content-Length digits by now.
         if length is not None and not chunked and length.isdigit() and int(length) > self._limit:
-            raise TooLarge(
-                f"the answer announces {int(length)} bytes, over the {self._limit}-byte cap",
-                announced=True,
+            self._raise(
+                TooLarge(
+                    f"the answer announces {int(length)} bytes, over the {self._limit}-byte cap",
+                    announced=True,
+                )
             )
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._limit:
-            raise TooLarge(f"the answer exceeds the {self._limit}-byte cap", announced=False)
+            self._raise(TooLarge(f"the answer exceeds the {self._limit}-byte cap", announced=False))
         self._body.append(body)
 
     def on_message_complete(self) -> None:
