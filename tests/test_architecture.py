@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0,
     "_validation": 0,
     "_results": 0,
+    "_deadlines": 0,  # many deadlines on one loop timer (the asyncio mode)
     "_settings_env": 1,
     "_settings": 2,
     "_envelope": 1,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from handler_consul._deadlines import Deadlines
 from handler_consul._pool import PoolClosed, PoolSaturated
 
 __all__ = ["AsyncBulkhead", "CallSlots"]
@@ -79,6 +81,7 @@ class AsyncBulkhead:
         self._queued = 0  # waiters that have not left the queue yet
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._active: set[_Running] = set()
+        self._deadlines: Deadlines | None = None  # of the loop in use
         self._closed = False
 
     # -- introspection ---------------------------------------------------------------------
@@ -155,7 +158,12 @@ class AsyncBulkhead:
         waiters.append(waiter)
         self._queued += 1
         started = loop.time()
-        timer = loop.call_at(started + max(wait, 0.0), _expire, waiter, started, loop)
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
+        timer = deadlines.schedule(
+            started + max(wait, 0.0), partial(_expire, waiter, started, loop)
+        )
         try:
             await waiter
         except asyncio.CancelledError:
@@ -163,7 +171,7 @@ class AsyncBulkhead:
                 self._release()  # woken with a slot just as the caller was cancelled
             raise
         finally:
-            timer.cancel()
+            deadlines.cancel(timer)
             self._queued -= 1
 
     def _release(self) -> None:

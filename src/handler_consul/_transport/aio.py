@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from handler_consul._consul import consul_base
+from handler_consul._deadlines import Deadlines
 from handler_consul._errors import redact
 from handler_consul._transport.aioconn import (
     Connection,
@@ -105,6 +106,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self.config = config
         self._pool_size = pool_size
         self._idle: list[Connection] = []
+        self._deadlines: Deadlines | None = None  # of the loop in use
         self._closed = False
         self._ssl_context = ssl_context
         if config.unix_socket:
@@ -245,12 +247,11 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         remaining, timeout = self._deadline()
         # The loop's clock may not be time.monotonic()'s (uvloop's is not): convert once.
         loop_deadline = loop.time() + remaining
-        where = f"{method} {path} at {self.config.address}"
         conn = self._checkout(loop)
         reused = conn is not None
         while True:
             if conn is None:
-                conn = await self._connect(loop, loop_deadline, where, timeout)
+                conn = await self._connect(loop, loop_deadline, method, path, timeout)
             waiter = conn.send(self._encode(method, path, params, body))
             if not conn.write_failed():
                 break
@@ -263,9 +264,11 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
                 reused = False
                 continue
             raise TransportConnectionError(
-                f"{where}: connection lost while sending", request_sent=False
+                f"{self._where(method, path)}: connection lost while sending", request_sent=False
             )
-        status, headers, content = await self._receive(conn, waiter, loop_deadline, where, timeout)
+        status, headers, content = await self._receive(
+            conn, waiter, loop_deadline, method, path, timeout
+        )
         self._checkin(conn)
         if status >= 400 and status != 404:
             # A server that echoes the request (a proxy's error page, say) would hand the
@@ -274,25 +277,33 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             raise HTTPStatusError(status, answer, method=method, path=path)
         return consul_base.Response(status, headers, _text(content), content)
 
+    def _where(self, method: str, path: str) -> str:
+        """What a message names: the method, the path and the address (built only on error)."""
+        return f"{method} {path} at {self.config.address}"
+
     async def _connect(
-        self, loop: asyncio.AbstractEventLoop, loop_deadline: float, where: str, timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        loop_deadline: float,
+        method: str,
+        path: str,
+        timeout: float,
     ) -> Connection:
         remaining = loop_deadline - loop.time()
+        late = f"no complete answer within {timeout:.3g}s"
         if remaining <= 0:
-            raise TransportTimeout(
-                f"{where}: no complete answer within {timeout:.3g}s", request_sent=False
-            )
+            raise TransportTimeout(f"{self._where(method, path)}: {late}", request_sent=False)
         try:
             return await open_connection(
                 self.config, ssl_context=self._ssl_context, timeout=remaining
             )
         except TimeoutError:
             raise TransportTimeout(
-                f"{where}: no complete answer within {timeout:.3g}s", request_sent=False
+                f"{self._where(method, path)}: {late}", request_sent=False
             ) from None
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise TransportConnectionError(
-                f"{where}: {_describe(exc)}", request_sent=False
+                f"{self._where(method, path)}: {_describe(exc)}", request_sent=False
             ) from None
 
     async def _receive(
@@ -300,26 +311,33 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         conn: Connection,
         waiter: asyncio.Future[tuple[Any, Any, bytes]],
         loop_deadline: float,
-        where: str,
+        method: str,
+        path: str,
         timeout: float,
     ) -> tuple[int, Any, bytes]:
         """The answer, or the transport's error; on any failure, cancellation included, the
         connection is dropped: its position in the stream is unknown."""
-        timer = conn.loop.call_at(loop_deadline, conn.expire)
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not conn.loop:
+            deadlines = self._deadlines = Deadlines(conn.loop)
+        timer = deadlines.schedule(loop_deadline, conn.expire)
         try:
             return await waiter
         except TooLarge as exc:
             limit = self.config.max_response_bytes
-            raise ResponseTooLarge(f"{where}: {exc}", limit=limit) from None
+            raise ResponseTooLarge(f"{self._where(method, path)}: {exc}", limit=limit) from None
         except TimeoutError:
             # Sent: Consul may have applied it. Re-sending is the caller's decision.
             raise TransportTimeout(
-                f"{where}: no complete answer within {timeout:.3g}s", request_sent=True
+                f"{self._where(method, path)}: no complete answer within {timeout:.3g}s",
+                request_sent=True,
             ) from None
         except ConnectionFault as exc:
-            raise TransportConnectionError(f"{where}: {exc}", request_sent=True) from None
+            raise TransportConnectionError(
+                f"{self._where(method, path)}: {exc}", request_sent=True
+            ) from None
         finally:
-            timer.cancel()
+            deadlines.cancel(timer)
             if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
                 conn.abort()
 

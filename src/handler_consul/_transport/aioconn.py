@@ -62,6 +62,7 @@ class Connection(asyncio.Protocol):
         self._parser = HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._fault: ConnectionFault | None = None
+        self._poller: Any = None  # select.poll of the socket, for looks_alive()
         # Reusable only between exchanges, after a complete answer that allows keep-alive.
         self.reusable = False
         self.lost = False
@@ -74,8 +75,8 @@ class Connection(asyncio.Protocol):
         raise fault
 
     def _reset_answer(self) -> None:
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers = Headers()
-        self._header_count = 0
         self._head_bytes = 0
         self._headers_done = False
         self._interim = False
@@ -134,15 +135,12 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.lost or not self.reusable or transport is None or transport.is_closing():
             return False
-        sock = transport.get_extra_info("socket")
-        if sock is None:
+        poller = self._poller
+        if poller is None:
             return False
-        # poll, not select: select refuses descriptors above 1024, common in busy processes.
-        poller = select.poll()
         try:
-            poller.register(sock.fileno(), select.POLLIN)
             return not poller.poll(0)
-        except (OSError, ValueError):
+        except OSError:
             return False
 
     def _fail(self, error: BaseException) -> None:
@@ -156,6 +154,14 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses, hence the cast).
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Registered once (the descriptor is this connection's until it closes, and it is
+            # asked only while open). poll, not select: select refuses descriptors above 1024.
+            poller = select.poll()
+            with contextlib.suppress(OSError, ValueError):
+                poller.register(sock.fileno(), select.POLLIN)
+                self._poller = poller
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -206,13 +212,10 @@ class Connection(asyncio.Protocol):
             self._raise(ConnectionFault("the server sent more than one answer"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > _MAX_HEADERS:
+        raw = self._raw_headers
+        if len(raw) >= _MAX_HEADERS:
             self._raise(ConnectionFault(f"the answer has more than {_MAX_HEADERS} headers"))
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = dict.get(self._headers, key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        raw.append((name, value))  # decoded once, at the end of the block
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -222,11 +225,10 @@ class Connection(asyncio.Protocol):
             # Informational: its headers are dropped and the final answer follows on the same
             # connection. llhttp completes it as a body-less message (on_message_complete).
             self._interim = True
-            self._headers = Headers()
-            self._header_count = 0
+            self._raw_headers = []
             return
         self._headers_done = True
-        headers = self._headers
+        self._headers = headers = _headers(self._raw_headers)
         length = headers.get("content-length")
         chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
         self._framed = chunked or length is not None or status in (204, 304)
@@ -304,6 +306,18 @@ def _no_delay(protocol: Connection) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> Headers:
+    """The header block as python-consul2 reads it: case-insensitive, repeats joined by ", "
+    (HTTP's rule for a repeated field), as the threads mode's parser does."""
+    headers = Headers()
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = dict.get(headers, key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+    return headers
 
 
 def _close_orphaned(transport: Any) -> None:
