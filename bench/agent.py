@@ -31,10 +31,20 @@ def consul_version(path: str) -> str:
 @contextlib.contextmanager
 def dev_agent(consul_bin: str) -> Iterator[harness.ConsulAgent]:
     """A ``consul agent -dev`` on 127.0.0.1, logging at WARN (DEBUG request logs would be the
-    agent's own bottleneck), stopped and removed on exit."""
+    agent's own bottleneck), stopped and removed on exit.
+
+    Every contender is open at once and they all come from 127.0.0.1: the pools' kept-alive
+    connections (up to 64 each), and python-consul2's consul.aio, which opens one per request.
+    Consul refuses a client IP past 200 concurrent connections (``http_max_conns_per_client``)
+    with 429s, which would open the handlers' breakers mid-run, so the bench's agent allows
+    more.
+    """
     with tempfile.TemporaryDirectory(prefix="handler-consul-bench-") as tmp:
         agent = harness.ConsulAgent(
-            consul_bin, name="bench-dev", base_dir=tmp, extra_config={"log_level": "WARN"}
+            consul_bin,
+            name="bench-dev",
+            base_dir=tmp,
+            extra_config={"log_level": "WARN", "limits": {"http_max_conns_per_client": 4096}},
         )
         try:
             agent.start()

@@ -1,10 +1,12 @@
 """``scripts/bench``: run the benchmark stages and write bench/results/.
 
 Stages:
-- comparison (default): wrk ceiling, python-consul2, bare transport, HandlerConsul at pool
-  10 and 64 with 1/16/64/256 envelopes in flight, open-breaker rejections; R rounds, every
-  contender once per round in a rotated order; medians across rounds.
-- ``--rss``: RSS across 1M real kv_get envelopes (RSS at 100k and at 1M).
+- comparison (default): wrk ceiling, python-consul2 (requests, and its consul.aio), raw
+  aiohttp, the bare transport, HandlerConsul in both I/O modes (threads: pool 10 and 64;
+  asyncio: bound 10 and 64) with 1/16/64/256 envelopes in flight, open-breaker rejections;
+  R rounds, every contender once per round in a rotated order; medians across rounds.
+- ``--rss``: RSS across 1M real kv_get envelopes (RSS at 100k and at 1M), in the I/O mode
+  ``--rss-io`` names (asyncio by default; each mode keeps its own section of the results).
 - ``--all``: both. ``--quick``: both, at small sizes (RSS at 2k and 20k).
 
 Each stage updates its own section of results.json (the other is kept from the last run
@@ -67,13 +69,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rss-checkpoint", type=int, help="first RSS reading (default 100,000)")
     p.add_argument("--rss-inflight", type=int, default=64, help="RSS stage in flight (64)")
     p.add_argument("--rss-pool", type=int, default=10, help="RSS stage pool size (10)")
+    p.add_argument(
+        "--rss-io",
+        choices=("threads", "asyncio"),
+        default="asyncio",
+        help="RSS stage I/O mode (asyncio)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop every contender runs on (asyncio's default loop)",
+    )
     p.add_argument("--inflight", default="1,16,64,256", help="handler in-flight levels")
     p.add_argument(
         "--baseline-inflight",
         default="1,16,64,256",
         help="in-flight levels for python-consul2 and the bare transport",
     )
-    p.add_argument("--pools", default="10,64", help="handler pool sizes")
+    p.add_argument("--pools", default="10,64", help="handler pool sizes (threads mode)")
+    p.add_argument(
+        "--aio-pools",
+        default="10,64",
+        help="handler bounds in asyncio mode, and the raw aiohttp contenders' limits",
+    )
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk ceiling")
     p.add_argument("--consul-bin", help="consul binary (default: scripts/consul-bin)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
@@ -93,6 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.inflight = [int(x) for x in args.inflight.split(",")]
     args.baseline_inflight = [int(x) for x in args.baseline_inflight.split(",")]
     args.pools = [int(x) for x in args.pools.split(",")]
+    args.aio_pools = [int(x) for x in args.aio_pools.split(",") if x]
     args.run_comparison = not (args.rss or args.render)
     args.run_rss = args.rss or args.all or quick
     return args
@@ -141,6 +161,10 @@ def loadavg() -> list[float]:
         return []
 
 
+def _scaled(ops: int, contender: C.Contender) -> int:
+    return max(1, round(ops * contender.ops_scale))
+
+
 def _median(values: list[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(vals) if vals else math.nan
@@ -157,10 +181,21 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
 
     consul2 = await C.make_consul2(host, port, 10)
     bare = await C.make_bare(host, port, 10)
+    baselines = [consul2, bare]
+    aiohttp_note = C.aiohttp_missing()
+    if aiohttp_note is None:
+        baselines.append(await C.make_consul2_aio(host, port))
+        baselines += [await C.make_aiohttp(host, port, pool) for pool in args.aio_pools]
+    else:
+        log(f"bench: {aiohttp_note}; raw aiohttp and consul.aio not measured")
     handlers = {}
     for pool in args.pools:
         handlers[pool] = await C.make_handler(host, port, pool)
-    contenders = [consul2, bare, *(h[0] for h in handlers.values())]
+    aio_handlers = {}
+    for pool in args.aio_pools:
+        aio_handlers[pool] = await C.make_handler(host, port, pool, io="asyncio")
+    runs = [*handlers.values(), *aio_handlers.values()]
+    contenders = [*baselines, *(h[0] for h in runs)]
 
     cells: list[dict[str, Any]] = []
     use_wrk = not args.no_wrk and wrkrun.available()
@@ -183,7 +218,7 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                     "inflight": wrkrun.CONNECTIONS,
                 }
             )
-    for base in (consul2, bare):
+    for base in baselines:
         for op in OPS:
             for n in args.baseline_inflight:
                 cells.append(
@@ -198,7 +233,8 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                         "obj": base,
                     }
                 )
-    for pool, (contender, _) in handlers.items():
+    for contender, _ in runs:
+        pool = contender.pool
         for op in OPS:
             for n in args.inflight:
                 cells.append(
@@ -245,7 +281,7 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
     for cell in cells:
         if cell["kind"] == "python":
             fn = cell["obj"].get if cell["op"] == "kv_get" else cell["obj"].put
-            await C.drive(fn, warm, cell["inflight"], ticker=False)
+            await C.drive(fn, _scaled(warm, cell["obj"]), cell["inflight"], ticker=False)
     warm_rej, _ = await C.rejection_latencies(reject_handler, min(per_round_rejections, 2000))
     control_loops = await C.calibrate_control(C.percentile(warm_rej, 50))
     control_all: list[float] = []
@@ -304,14 +340,22 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                 }
             else:
                 fn = cell["obj"].get if cell["op"] == "kv_get" else cell["obj"].put
-                summary = (await C.drive(fn, args.ops, cell["inflight"])).summary()
+                ops = _scaled(args.ops, cell["obj"])
+                summary = (await C.drive(fn, ops, cell["inflight"])).summary()
             summary["round"] = r
             rounds[cell["id"]].append(summary)
         log(
             f"bench: round {r + 1}/{args.rounds} done in {time.perf_counter() - t_round:.1f}s "
             f"(load {loadavg()})"
         )
-        for key in ("handler10.kv_get.c64", "consul2.kv_get.c64", "bare.kv_get.c64"):
+        for key in (
+            "handler10.kv_get.c64",
+            "aio10.kv_get.c64",
+            "aio64.kv_get.c64",
+            "aiohttp10.kv_get.c64",
+            "consul2.kv_get.c64",
+            "bare.kv_get.c64",
+        ):
             if rounds.get(key):
                 log(f"  {key}: {rounds[key][-1]['ops_per_s']:.0f} ops/s")
     elapsed = time.perf_counter() - started
@@ -372,6 +416,7 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
         return _median(vals)
 
     h = f"handler{default_pool}"
+    default_aio = 10 if 10 in args.aio_pools else (args.aio_pools or [0])[0]
     derived: dict[str, Any] = {}
     for op in OPS:
         for n in sorted(set(args.inflight) & set(args.baseline_inflight)):
@@ -397,16 +442,36 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
             derived[f"{op}.c{n}.overhead_loop_cpu_us"] = paired(
                 hid, bid, lambda x, y: x["loop_cpu_us_per_op"] - y["loop_cpu_us_per_op"]
             )
+        # Either mode against the others, same bound, paired: "a/b" is a's ops/s over b's.
+        pairs = [(f"aio{p}", f"handler{p}") for p in args.aio_pools if p in handlers]
+        pairs += [(f"aio{p}", f"aiohttp{p}") for p in args.aio_pools]
+        pairs += [(f"aio{default_aio}", "consul2aio"), (f"aio{default_aio}", "consul2")]
+        pairs += [(f"aio{max(args.aio_pools)}", f"handler{default_pool}")] if args.aio_pools else []
+        for n in args.inflight:
+            for a, b in pairs:
+                derived[f"{op}.c{n}.{a}/{b}"] = paired(
+                    f"{a}.{op}.c{n}", f"{b}.{op}.c{n}", lambda x, y: x["ops_per_s"] / y["ops_per_s"]
+                )
         if use_wrk:
             wid = f"wrk.{op}.c{wrkrun.CONNECTIONS}"
-            best = max(
-                (k for k in out_cells if k.startswith("handler") and f".{op}." in k),
-                key=lambda k: out_cells[k]["median"]["ops_per_s"],
-            )
-            derived[f"{op}.ceiling_fraction"] = (
-                out_cells[best]["median"]["ops_per_s"] / out_cells[wid]["median"]["ops_per_s"]
-            )
-            derived[f"{op}.ceiling_best_cell"] = best
+            for mode, prefix in (
+                ("", ("handler", "aio")),
+                (".threads", ("handler",)),
+                (".asyncio", ("aio",)),
+            ):
+                # Only cells without errors: a failed call is fast and would inflate ops/s.
+                found = [
+                    k
+                    for k in out_cells
+                    if k.startswith(prefix) and f".{op}." in k and not out_cells[k]["errors"]
+                ]
+                if not found:
+                    continue
+                best = max(found, key=lambda k: out_cells[k]["median"]["ops_per_s"])
+                derived[f"{op}.ceiling_fraction{mode}"] = (
+                    out_cells[best]["median"]["ops_per_s"] / out_cells[wid]["median"]["ops_per_s"]
+                )
+                derived[f"{op}.ceiling_best_cell{mode}"] = best
 
     spreads = [c["spread"]["rel"] for c in out_cells.values() if "spread" in c]
     return {
@@ -422,7 +487,11 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
             "inflight": args.inflight,
             "baseline_inflight": args.baseline_inflight,
             "pools": args.pools,
+            "aio_pools": args.aio_pools,
             "default_pool": default_pool,
+            "default_aio_pool": default_aio,
+            "loop": args.loop,
+            "aiohttp_note": aiohttp_note,
             "tick_ms": C.TICK_SECONDS * 1e3,
         },
         "elapsed_s": elapsed,
@@ -472,10 +541,10 @@ async def rss_stage(args: argparse.Namespace, agent: Any, log: Any) -> dict[str,
     resp = agent.request("PUT", f"/v1/kv/{C.GET_KEY}", C.VALUE)
     if resp.status != 200:
         raise RuntimeError(f"could not seed {C.GET_KEY}: {resp.status}")
-    contender, _ = await C.make_handler(agent.host, agent.http_port, args.rss_pool)
+    contender, _ = await C.make_handler(agent.host, agent.http_port, args.rss_pool, args.rss_io)
     log(
-        f"bench: RSS stage, {args.rss_total:,} kv_get envelopes, pool {args.rss_pool}, "
-        f"{args.rss_inflight} in flight"
+        f"bench: RSS stage, {args.rss_total:,} kv_get envelopes, io={args.rss_io}, "
+        f"pool {args.rss_pool}, {args.rss_inflight} in flight"
     )
     try:
         result = await C.rss_run(
@@ -488,6 +557,8 @@ async def rss_stage(args: argparse.Namespace, agent: Any, log: Any) -> dict[str,
             "command": args.command,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "pool": args.rss_pool,
+            "io": args.rss_io,
+            "loop": args.loop,
             "operation": "consul.kv_get",
         }
     )
@@ -540,7 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(consul_bin),
         "comparison": previous.get("comparison"),
         "rss": previous.get("rss"),
+        "rss_asyncio": previous.get("rss_asyncio"),
     }
+    run = asyncio.run
+    if args.loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
     log(
         f"bench: consul {results['machine']['consul']}, wrk: "
         f"{results['machine']['wrk'] or 'not installed'}, load {loadavg()}"
@@ -548,9 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     with agent_mod.dev_agent(consul_bin) as agent:
         log(f"bench: dev agent on {agent.http_addr}")
         if args.run_comparison:
-            results["comparison"] = asyncio.run(comparison(args, agent, log))
+            results["comparison"] = run(comparison(args, agent, log))
         if args.run_rss:
-            results["rss"] = asyncio.run(rss_stage(args, agent, log))
+            # Each I/O mode keeps its own RSS section: "rss" (threads), "rss_asyncio".
+            section = "rss" if args.rss_io == "threads" else "rss_asyncio"
+            results[section] = run(rss_stage(args, agent, log))
     results["targets"] = report.targets(results)
     results["headline"] = report.headline(results)
     results_path.write_text(json.dumps(report.json_ready(results), indent=2) + "\n")

@@ -5,7 +5,12 @@
   ``ThreadPoolExecutor(10)``.
 - ``bare``: the transport the handler uses (``handler_consul._runtime.build_client``), calling
   ``client.kv.get/put`` directly, in the same kind of executor.
-- ``handler``: ``HandlerConsul.execute`` with a dict envelope, at a given pool size.
+- ``handler``: ``HandlerConsul.execute`` with a dict envelope, at a given pool size
+  (``io="threads"``); ``aio``: the same in ``io="asyncio"`` at a given bound.
+- ``aiohttp``: raw aiohttp as people use it (one ``ClientSession``, a connector limited to
+  the same bound), GET/PUT on the same key, the body read; no JSON, no envelope.
+- ``consul2aio``: python-consul2's own ``consul.aio`` (``await client.kv.get``), which opens
+  an aiohttp session per request. Both need the optional ``bench`` extra (aiohttp).
 
 Each measured cell records per-call latency and, while it runs, the lag of a 5 ms ticker
 task on the same loop (how late the loop wakes it up).
@@ -146,6 +151,8 @@ class Contender:
     put: Call
     close: Callable[[], Awaitable[None]]
     extra: dict[str, Any] = field(default_factory=dict)
+    # A contender too slow for the full count of calls per cell runs this fraction of them.
+    ops_scale: float = 1.0
 
 
 def _put_key(name: str) -> str:
@@ -200,12 +207,25 @@ async def make_bare(host: str, port: int, threads: int = 10) -> Contender:
     return Contender("bare", f"bare transport, pool {threads}", threads, get, put, close)
 
 
-async def make_handler(host: str, port: int, pool: int) -> tuple[Contender, HandlerConsul]:
+async def make_handler(
+    host: str, port: int, pool: int, io: str = "threads"
+) -> tuple[Contender, HandlerConsul]:
     handler = HandlerConsul(
-        settings=ConsulSettings(host=host, port=port, max_concurrent_operations=pool)
+        settings=ConsulSettings(
+            host=host,
+            port=port,
+            max_concurrent_operations=pool,
+            io=io,  # type: ignore[arg-type]
+        )
     )
     await handler.initialize()
-    key = _put_key(f"handler-{pool}")
+    name = f"handler{pool}" if io == "threads" else f"aio{pool}"
+    label = (
+        f"HandlerConsul threads, pool {pool}"
+        if io == "threads"
+        else f"HandlerConsul asyncio, bound {pool}"
+    )
+    key = _put_key(name)
     execute = handler.execute
 
     def get() -> Awaitable[Any]:
@@ -218,8 +238,71 @@ async def make_handler(host: str, port: int, pool: int) -> tuple[Contender, Hand
     async def close() -> None:
         await handler.shutdown()
 
-    contender = Contender(f"handler{pool}", f"HandlerConsul, pool {pool}", pool, get, put, close)
-    return contender, handler
+    return Contender(name, label, pool, get, put, close), handler
+
+
+def aiohttp_missing() -> str | None:
+    """Why the aiohttp contenders cannot run (the optional ``bench`` extra), or None."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError as exc:
+        return f"aiohttp not importable ({exc}): pip install -e '.[bench]'"
+    return None
+
+
+async def make_aiohttp(host: str, port: int, limit: int) -> Contender:
+    import aiohttp
+
+    # One session, a connector bounded like the handler, no environment proxies (trust_env
+    # is off by default): the way a careful aiohttp user calls Consul's HTTP API directly.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
+    get_url = f"http://{host}:{port}/v1/kv/{GET_KEY}"
+    put_url = f"http://{host}:{port}/v1/kv/{_put_key(f'aiohttp-{limit}')}"
+
+    async def get() -> bytes:
+        async with session.get(get_url) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    async def put() -> bytes:
+        async with session.put(put_url, data=VALUE) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    async def close() -> None:
+        await session.close()
+
+    return Contender(f"aiohttp{limit}", f"raw aiohttp, limit {limit}", limit, get, put, close)
+
+
+async def make_consul2_aio(host: str, port: int) -> Contender:
+    import consul.aio  # python-consul2's asyncio client (aiohttp)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # its legacy ACL endpoint
+        client = consul.aio.Consul(host=host, port=port)
+    key = _put_key("consul2aio")
+    kv = client.kv
+
+    def get() -> Awaitable[Any]:
+        return kv.get(GET_KEY)  # type: ignore[no-any-return]
+
+    def put() -> Awaitable[Any]:
+        return kv.put(key, VALUE)  # type: ignore[no-any-return]
+
+    async def close() -> None:
+        return None  # every request opened and closed its own session
+
+    # A new aiohttp session (and connection) per request: a quarter of the calls per cell.
+    return Contender(
+        "consul2aio",
+        "python-consul2 consul.aio (aiohttp)",
+        0,
+        get,
+        put,
+        close,
+        ops_scale=0.25,
+    )
 
 
 # -- the open-breaker rejection --------------------------------------------------------

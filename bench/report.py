@@ -98,27 +98,77 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "<= 20 µs",
         )
     )
-    rss = results.get("rss") or {}
-    cp, total = rss.get("checkpoint"), rss.get("envelopes")
-    label = (
-        f"RSS growth between envelope {cp:,} and {total:,}"
-        if cp and total
-        else "RSS growth between envelope 100k and 1M"
-    )
-    out.append(
-        _target("rss_growth", label, rss.get("growth_mb"), "MB", lambda m: m < 5.0, "< 5 MB")
-    )
-    for op in ("kv_get", "kv_put"):
-        best = derived.get(f"{op}.ceiling_best_cell")
+    out += _asyncio_targets(comp, pool)
+    for section, mode in (("rss", "threads"), ("rss_asyncio", "asyncio")):
+        rss = results.get(section) or {}
+        cp, total = rss.get("checkpoint"), rss.get("envelopes")
+        span = f"envelope {cp:,} and {total:,}" if cp and total else "envelope 100k and 1M"
         out.append(
             _target(
-                f"{op}.ceiling_fraction",
-                f"{op}: fraction of the agent's wrk ceiling the handler reaches"
-                + (f" (best: {best})" if best else ""),
-                derived.get(f"{op}.ceiling_fraction"),
-                "",
-                None,
-                "reported",
+                "rss_growth" if mode == "threads" else "rss_growth.asyncio",
+                f"RSS growth between {span}, {mode} mode",
+                rss.get("growth_mb"),
+                "MB",
+                lambda m: m < 5.0,
+                "< 5 MB",
+            )
+        )
+    for op in ("kv_get", "kv_put"):
+        for mode in ("", ".threads", ".asyncio"):
+            best = derived.get(f"{op}.ceiling_best_cell{mode}")
+            which = {"": "the handler", ".threads": "threads mode", ".asyncio": "asyncio mode"}
+            out.append(
+                _target(
+                    f"{op}.ceiling_fraction{mode}",
+                    f"{op}: fraction of the agent's wrk ceiling {which[mode]} reaches"
+                    + (f" (best: {best})" if best else ""),
+                    derived.get(f"{op}.ceiling_fraction{mode}"),
+                    "",
+                    None,
+                    "reported",
+                )
+            )
+    return out
+
+
+def _asyncio_targets(comp: dict[str, Any], pool: int) -> list[dict[str, Any]]:
+    """The asyncio mode against the threads mode and raw aiohttp, same bound, 64 in flight;
+    its loop lag beside the threads mode's at 256 in flight."""
+    derived = comp.get("derived") or {}
+    cells = comp.get("cells") or {}
+    aio = (comp.get("config") or {}).get("default_aio_pool", 10)
+    out = []
+    for op in ("kv_get", "kv_put"):
+        out.append(
+            _target(
+                f"{op}.asyncio_vs_threads",
+                f"{op} throughput, asyncio mode (bound {aio}) vs threads mode (pool {pool}), "
+                "64 in flight",
+                derived.get(f"{op}.c64.aio{aio}/handler{pool}"),
+                "x",
+                lambda m: m >= 3.0,
+                ">= 3x",
+            )
+        )
+        out.append(
+            _target(
+                f"{op}.asyncio_vs_aiohttp",
+                f"{op} throughput, asyncio mode vs raw aiohttp, both bound {aio}, 64 in flight",
+                derived.get(f"{op}.c64.aio{aio}/aiohttp{aio}"),
+                "x",
+                lambda m: m >= 1.5,
+                ">= 1.5x",
+            )
+        )
+        cell = cells.get(f"aio{aio}.{op}.c256") or {}
+        out.append(
+            _target(
+                f"{op}.loop_lag_p99.asyncio",
+                f"{op} event-loop lag p99, 256 in flight, asyncio mode, bound {aio}",
+                (cell.get("median") or {}).get("lag_p99_ms"),
+                "ms",
+                lambda m: m <= 5.0,
+                "<= 5 ms",
             )
         )
     return out
@@ -154,6 +204,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     cells = comp.get("cells") or {}
     derived = comp.get("derived") or {}
     pool = (comp.get("config") or {}).get("default_pool", 10)
+    aio = (comp.get("config") or {}).get("default_aio_pool", 10)
     out: dict[str, Any] = {}
     for op in ("kv_get", "kv_put"):
 
@@ -176,12 +227,17 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "lag_p99_ms_256": med(f"handler{pool}.{op}.c256", "lag_p99_ms"),
             "consul2_lag_p99_ms": med(f"consul2.{op}.c64", "lag_p99_ms"),
             "ceiling_fraction": derived.get(f"{op}.ceiling_fraction"),
+            "aio_ops_per_s": med(f"aio{aio}.{op}.c64", "ops_per_s"),
+            "aio_vs_threads": derived.get(f"{op}.c64.aio{aio}/handler{pool}"),
+            "aio_vs_aiohttp": derived.get(f"{op}.c64.aio{aio}/aiohttp{aio}"),
+            "aio_lag_p99_ms_256": med(f"aio{aio}.{op}.c256", "lag_p99_ms"),
         }
     rej = (comp.get("rejection") or {}).get("median_of_rounds") or {}
     out["rejection_p50_us"] = rej.get("p50_us")
     out["rejection_p99_us"] = rej.get("p99_us")
     out["rejection_control_p99_us"] = rej.get("control_p99_us")
     out["rss_growth_mb"] = (results.get("rss") or {}).get("growth_mb")
+    out["rss_growth_mb_asyncio"] = (results.get("rss_asyncio") or {}).get("growth_mb")
     return out
 
 
@@ -202,16 +258,72 @@ def _ms(v: Any) -> str:
     return "—" if n is None else f"{n:.2f}"
 
 
+# Contenders in the order tables and the plot list them (by name prefix).
+_ORDER = ("wrk", "consul2aio", "consul2", "aiohttp", "bare", "handler", "aio")
+
+
+def _rank(contender: str) -> int:
+    return next((i for i, p in enumerate(_ORDER) if contender.startswith(p)), len(_ORDER))
+
+
 def _cell_sort_key(item: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
     c = item[1]
-    order = {"wrk": 0, "consul2": 1, "bare": 2}
-    return (c["op"], order.get(c["contender"], 3), c.get("pool") or 0, c.get("inflight") or 0)
+    return (c["op"], _rank(c["contender"]), c.get("pool") or 0, c.get("inflight") or 0)
+
+
+def _side_by_side(comp: dict[str, Any]) -> list[str]:
+    """One table per op: every contender's ops/s (and loop lag p99) at each in-flight count."""
+    cells = comp.get("cells") or {}
+    levels = sorted({c["inflight"] for c in cells.values() if c["kind"] == "python"})
+    if not levels:
+        return []
+    L = [
+        "## Both I/O modes side by side",
+        "",
+        "ops/s, medians of rounds (event-loop lag p99 in ms in brackets), every contender in "
+        "the same rounds against the same agent.",
+        "",
+    ]
+    for op in ("kv_get", "kv_put"):
+        rows: dict[str, dict[int, dict[str, Any]]] = {}
+        labels: dict[str, str] = {}
+        for _, c in sorted(
+            ((k, v) for k, v in cells.items() if v["kind"] == "python" and v["op"] == op),
+            key=_cell_sort_key,
+        ):
+            rows.setdefault(c["contender"], {})[c["inflight"]] = c["median"]
+            labels[c["contender"]] = c["label"]
+        L += [
+            f"| {op} | " + " | ".join(f"{n} in flight" for n in levels) + " |",
+            "|---|" + "---:|" * len(levels),
+        ]
+        for name, by_level in rows.items():
+            values = []
+            for n in levels:
+                m = by_level.get(n) or {}
+                values.append(f"{_ops(m.get('ops_per_s'))} ({_ms(m.get('lag_p99_ms'))})")
+            L.append(f"| {labels[name]} | " + " | ".join(values) + " |")
+        L.append("")
+    derived = comp.get("derived") or {}
+    pairs = sorted({k.split(".", 2)[2] for k in derived if "/" in k})
+    if pairs:
+        L += [
+            "Paired ratios of ops/s (within each round, then the median):",
+            "",
+            "| op | ratio | " + " | ".join(f"{n} in flight" for n in levels) + " |",
+            "|---|---|" + "---:|" * len(levels),
+        ]
+        for op in ("kv_get", "kv_put"):
+            for pair in pairs:
+                vals = [_fmt(derived.get(f"{op}.c{n}.{pair}"), "x") for n in levels]
+                L.append(f"| {op} | {pair} | " + " | ".join(vals) + " |")
+        L.append("")
+    return L
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     comp = results.get("comparison") or {}
     rss = results.get("rss") or {}
-    machine = results.get("machine") or {}
     head = results.get("headline") or headline(results)
     cfg = comp.get("config") or {}
     pool = cfg.get("default_pool", 10)
@@ -296,14 +408,33 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             _ms(g.get("consul2_lag_p99_ms")),
             _ms(p.get("consul2_lag_p99_ms")),
         ),
+        (
+            "asyncio mode ops/s, same bound",
+            _ops(g.get("aio_ops_per_s")),
+            _ops(p.get("aio_ops_per_s")),
+        ),
+        (
+            "asyncio mode vs threads mode / vs raw aiohttp, same bound",
+            f"{_fmt(g.get('aio_vs_threads'), 'x')} / {_fmt(g.get('aio_vs_aiohttp'), 'x')}",
+            f"{_fmt(p.get('aio_vs_threads'), 'x')} / {_fmt(p.get('aio_vs_aiohttp'), 'x')}",
+        ),
+        (
+            "event-loop lag p99, 256 in flight, asyncio mode (ms)",
+            _ms(g.get("aio_lag_p99_ms_256")),
+            _ms(p.get("aio_lag_p99_ms_256")),
+        ),
     ]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     idle = comp.get("idle_lag") or {}
     rss_text = (
-        f"RSS growth across {rss.get('envelopes', 0):,} real kv_get envelopes, from envelope "
-        f"{rss.get('checkpoint', 0):,} to the last: {_fmt(rss.get('growth_mb'), 'MB')}."
-        if rss
-        else "RSS stage not run yet (`scripts/bench --rss`)."
+        " ".join(
+            f"RSS growth across {r.get('envelopes', 0):,} real kv_get envelopes in "
+            f"{r.get('io', 'threads')} mode, from envelope {r.get('checkpoint', 0):,} to the "
+            f"last: {_fmt(r.get('growth_mb'), 'MB')}."
+            for r in (rss, results.get("rss_asyncio") or {})
+            if r
+        )
+        or "RSS stage not run yet (`scripts/bench --rss`)."
     )
     L += [
         "",
@@ -323,6 +454,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"| **{t['status']}** |"
         )
     L.append("")
+
+    L += _side_by_side(comp)
 
     # Full table
     if comp:
@@ -409,9 +542,22 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 "",
             ]
 
+    for rss in (results.get("rss") or {}, results.get("rss_asyncio") or {}):
+        L += _rss_section(rss)
+
+    notes = Path(__file__).resolve().parent / "NOTES.md"
+    if notes.exists() and path.parent == notes.parent / "results":
+        L += [notes.read_text().rstrip(), ""]
+
+    L += _machine_section(results, comp)
+    path.write_text("\n".join(L))
+
+
+def _rss_section(rss: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     if rss:
         L += [
-            "## RSS across real envelopes",
+            f"## RSS across real envelopes, {rss.get('io', 'threads')} mode",
             "",
             f"`{rss.get('command')}` on {rss.get('date')}: {rss.get('envelopes', 0):,} "
             f"kv_get envelopes through HandlerConsul (pool {rss.get('pool')}, "
@@ -431,14 +577,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             + ", ".join(f"{p['envelopes']:,} → {p['rss_mb']:.1f}" for p in rss.get("curve", [])),
             "",
         ]
-    else:
-        L += ["## RSS across real envelopes", "", "Not run yet: `scripts/bench --rss`.", ""]
+    return L
 
-    notes = Path(__file__).resolve().parent / "NOTES.md"
-    if notes.exists() and path.parent == notes.parent / "results":
-        L += [notes.read_text().rstrip(), ""]
 
-    L += ["## Machine and run", ""]
+def _machine_section(results: dict[str, Any], comp: dict[str, Any]) -> list[str]:
+    machine = results.get("machine") or {}
+    rss = results.get("rss") or {}
+    L = ["## Machine and run", ""]
     for k, v in machine.items():
         L.append(f"- {k}: {v}")
     if comp:
@@ -452,18 +597,40 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             " The machine is shared (other test suites run at the same time); every ratio "
             "above is taken within a round, then the median across rounds.",
         ]
-    if rss:
-        L.append(
-            f"- RSS stage: `{rss.get('command')}`, {rss.get('date')}, {rss.get('seconds', 0):.0f} s"
-        )
+    for section in (rss, results.get("rss_asyncio") or {}):
+        if section:
+            L.append(
+                f"- RSS stage ({section.get('io', 'threads')} mode): `{section.get('command')}`, "
+                f"{section.get('date')}, {section.get('seconds', 0):.0f} s"
+            )
     L.append("")
-    path.write_text("\n".join(L))
+    return L
 
 
-_PLOT_NAMES = {"consul2": "python-consul2", "bare": "bare transport"}
-# Bar colour per contender; HandlerConsul's cells take the default.
-_PLOT_COLORS = {"wrk": "#787878", "consul2": "#d6604d", "bare": "#74add1"}
+_PLOT_NAMES = {
+    "consul2": "python-consul2",
+    "consul2aio": "consul.aio",
+    "bare": "bare transport",
+    "aiohttp": "raw aiohttp",
+    "handler": "threads mode",
+    "aio": "asyncio mode",
+}
+# Bar colour per contender (by name prefix); anything else takes the default.
+_PLOT_COLORS = {
+    "wrk": "#787878",
+    "consul2aio": "#f4a582",
+    "consul2": "#d6604d",
+    "aiohttp": "#b2abd2",
+    "bare": "#74add1",
+    "handler": "#2c7bb6",
+    "aio": "#1a9641",
+}
 _PLOT_DEFAULT_COLOR = "#2c7bb6"
+_BASELINES = ("consul2", "bare", "aiohttp")
+
+
+def _prefix(contender: str) -> str:
+    return next((p for p in _ORDER if contender.startswith(p)), contender)
 
 
 def write_plot(results: dict[str, Any], path: Path) -> str | None:
@@ -479,19 +646,21 @@ def write_plot(results: dict[str, Any], path: Path) -> str | None:
             ((k, v) for k, v in cells.items() if v["kind"] != "rejection" and v["op"] == op),
             key=_cell_sort_key,
         ):
-            if c["contender"] in ("consul2", "bare") and c["inflight"] not in (1, 64):
+            kind = _prefix(c["contender"])
+            if c["contender"].startswith(_BASELINES) and c["inflight"] not in (1, 64):
                 continue
-            name = _PLOT_NAMES.get(c["contender"], "handler")
-            label = (
-                "Consul (wrk, 16 conn)"
-                if c["contender"] == "wrk"
-                else f"{name} p{c['pool']} x{c['inflight']}"
-            )
-            rows.append((label, c["contender"], c["median"].get("ops_per_s") or 0.0))
+            name = _PLOT_NAMES.get(kind, kind)
+            if c["contender"] == "wrk":
+                label = "Consul (wrk, 16 conn)"
+            elif c.get("pool"):
+                label = f"{name} p{c['pool']} x{c['inflight']}"
+            else:
+                label = f"{name} x{c['inflight']}"
+            rows.append((label, kind, c["median"].get("ops_per_s") or 0.0))
         panels.append((f"{op} ops/s (median of rounds)", rows))
     title = (
         "handler-consul: ops/s against one local Consul dev agent "
-        "(p = pool threads, x = calls in flight)"
+        "(p = pool threads or asyncio bound, x = calls in flight)"
     )
     # Imported here, not at module level, so that the bench runs without the extra.
     try:

@@ -311,13 +311,16 @@ def _no_delay(protocol: Connection) -> None:
 def _headers(raw: list[tuple[bytes, bytes]]) -> Headers:
     """The header block as python-consul2 reads it: case-insensitive, repeats joined by ", "
     (HTTP's rule for a repeated field), as the threads mode's parser does."""
-    headers = Headers()
-    for name, value in raw:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = dict.get(headers, key)
-        headers[key] = text if previous is None else f"{previous}, {text}"
-    return headers
+    # One comprehension for the usual block (no name twice): a fifth of the answer's cost on
+    # the loop went to decoding headers one at a time in a profile.
+    plain = {name.lower().decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    if len(plain) < len(raw):
+        plain = {}
+        for name, value in raw:
+            key = name.lower().decode("latin-1")
+            text = value.decode("latin-1")
+            plain[key] = f"{plain[key]}, {text}" if key in plain else text
+    return Headers(plain)
 
 
 def _close_orphaned(transport: Any) -> None:
