@@ -181,7 +181,7 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
 
     consul2 = await C.make_consul2(host, port, 10)
     bare = await C.make_bare(host, port, 10)
-    baselines = [consul2, bare]
+    baselines = [consul2, bare, *[await C.make_async_bare(host, port, p) for p in args.aio_pools]]
     aiohttp_note = C.aiohttp_missing()
     if aiohttp_note is None:
         baselines.append(await C.make_consul2_aio(host, port))
@@ -445,6 +445,8 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
         # Either mode against the others, same bound, paired: "a/b" is a's ops/s over b's.
         pairs = [(f"aio{p}", f"handler{p}") for p in args.aio_pools if p in handlers]
         pairs += [(f"aio{p}", f"aiohttp{p}") for p in args.aio_pools]
+        pairs += [(f"abare{p}", f"aiohttp{p}") for p in args.aio_pools]
+        pairs += [(f"aio{p}", f"abare{p}") for p in args.aio_pools]
         pairs += [(f"aio{default_aio}", "consul2aio"), (f"aio{default_aio}", "consul2")]
         pairs += [(f"aio{max(args.aio_pools)}", f"handler{default_pool}")] if args.aio_pools else []
         for n in args.inflight:
@@ -463,7 +465,9 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
                 found = [
                     k
                     for k in out_cells
-                    if k.startswith(prefix) and f".{op}." in k and not out_cells[k]["errors"]
+                    if k.split(".")[0].rstrip("0123456789") in prefix
+                    and f".{op}." in k
+                    and not out_cells[k]["errors"]
                 ]
                 if not found:
                     continue

@@ -7,6 +7,7 @@
   ``client.kv.get/put`` directly, in the same kind of executor.
 - ``handler``: ``HandlerConsul.execute`` with a dict envelope, at a given pool size
   (``io="threads"``); ``aio``: the same in ``io="asyncio"`` at a given bound.
+- ``abare``: the asyncio mode's transport without the handler, bounded like it.
 - ``aiohttp``: raw aiohttp as people use it (one ``ClientSession``, a connector limited to
   the same bound), GET/PUT on the same key, the body read; no JSON, no envelope.
 - ``consul2aio``: python-consul2's own ``consul.aio`` (``await client.kv.get``), which opens
@@ -205,6 +206,31 @@ async def make_bare(host: str, port: int, threads: int = 10) -> Contender:
         client.http.close()
 
     return Contender("bare", f"bare transport, pool {threads}", threads, get, put, close)
+
+
+async def make_async_bare(host: str, port: int, bound: int) -> Contender:
+    """The asyncio mode's transport without the handler: ``await client.kv.get`` on the loop,
+    at most ``bound`` requests at once (an ``asyncio.Semaphore``), as ``bare`` is for the
+    threads mode. What it costs against raw aiohttp is the transport's own share."""
+    settings = ConsulSettings(host=host, port=port, max_concurrent_operations=bound)
+    client = build_client(settings, io="asyncio")
+    limit = asyncio.Semaphore(bound)
+    key = _put_key(f"abare-{bound}")
+    kv = client.kv
+
+    async def get() -> Any:
+        async with limit:
+            return await kv.get(GET_KEY)
+
+    async def put() -> Any:
+        async with limit:
+            return await kv.put(key, VALUE)
+
+    async def close() -> None:
+        client.http.close()
+        await asyncio.sleep(0)
+
+    return Contender(f"abare{bound}", f"asyncio transport, bound {bound}", bound, get, put, close)
 
 
 async def make_handler(

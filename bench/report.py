@@ -259,7 +259,7 @@ def _ms(v: Any) -> str:
 
 
 # Contenders in the order tables and the plot list them (by name prefix).
-_ORDER = ("wrk", "consul2aio", "consul2", "aiohttp", "bare", "handler", "aio")
+_ORDER = ("wrk", "consul2aio", "consul2", "aiohttp", "abare", "bare", "handler", "aio")
 
 
 def _rank(contender: str) -> int:
@@ -611,6 +611,7 @@ _PLOT_NAMES = {
     "consul2": "python-consul2",
     "consul2aio": "consul.aio",
     "bare": "bare transport",
+    "abare": "asyncio transport",
     "aiohttp": "raw aiohttp",
     "handler": "threads mode",
     "aio": "asyncio mode",
@@ -621,12 +622,13 @@ _PLOT_COLORS = {
     "consul2aio": "#f4a582",
     "consul2": "#d6604d",
     "aiohttp": "#b2abd2",
+    "abare": "#a6d96a",
     "bare": "#74add1",
     "handler": "#2c7bb6",
     "aio": "#1a9641",
 }
 _PLOT_DEFAULT_COLOR = "#2c7bb6"
-_BASELINES = ("consul2", "bare", "aiohttp")
+_BASELINES = ("consul2", "bare", "aiohttp", "abare")
 
 
 def _prefix(contender: str) -> str:

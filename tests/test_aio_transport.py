@@ -296,6 +296,33 @@ def test_a_request_cancelled_mid_answer_never_leaves_its_connection_in_the_pool(
         assert server.requests == 2
 
 
+def test_a_request_cancelled_as_its_answer_arrives_leaves_no_connection_behind(
+    run: Run, consul_agent: ConsulAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer completes and the caller is cancelled in the same loop iteration: the
+    request never checks its connection back in, so the transport drops it rather than
+    leave it open with no owner."""
+    client = client_for(consul_agent)
+    seen: list[Connection] = []
+
+    async def scenario() -> tuple[int, bool]:
+        task = asyncio.ensure_future(client.status.leader())
+        complete = Connection._complete
+
+        def complete_then_cancel(self: Connection, *, keep_alive: bool) -> None:
+            complete(self, keep_alive=keep_alive)
+            seen.append(self)
+            task.cancel()
+
+        monkeypatch.setattr(Connection, "_complete", complete_then_cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        return client.http.idle_connections, seen[0].lost
+
+    assert run(closing(client, scenario())) == (0, True)
+
+
 def test_a_write_that_fails_on_a_reused_connection_is_sent_once_more_on_a_fresh_one(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:

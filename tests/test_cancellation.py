@@ -48,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("clean_consul_env")
 # -- cancellation and interrupts propagate untouched, never counted ---------------------------
 
 
-async def test_cancelled_execute_propagates_counts_nothing_and_frees_its_slot(
+async def test_cancelled_execute_propagates_counts_nothing_and_frees_its_slot_later(
     toxiproxy_for: ProxyFor,
     consul_agent: ConsulAgent,
     make_tuned_handler: MakeHandler,

@@ -318,6 +318,8 @@ def test_explicit_keyword_beats_every_variable(monkeypatch):
         ({"breaker": {"failure_threshold": 0}}, "breaker.failure_threshold"),
         ({"breaker": {"unknown": 1}}, "breaker.unknown"),
         ({"hots": "localhost"}, "hots"),
+        ({"io": "trio"}, "io"),
+        ({"io": ""}, "io"),
     ],
 )
 async def test_bad_initialize_config_names_the_field(config, field):
@@ -347,6 +349,7 @@ async def test_bad_initialize_config_names_the_field(config, field):
         ("CONSUL_TIMEOUT", "soon", "timeout_seconds"),
         ("CONSUL_RETRY__MAX_ATTEMPTS", "11", "retry.max_attempts"),
         ("CONSUL_HTTP_ADDR", "127.0.0.1:abc", "port"),
+        ("CONSUL_IO", "gevent", "io"),
     ],
 )
 async def test_bad_env_config_names_the_field(monkeypatch, name, value, field):
@@ -370,3 +373,32 @@ async def test_bad_token_names_the_field_not_the_value():
     assert caught.value.context.field == "token"
     for text in (str(caught.value), repr(caught.value), repr(caught.value.to_dict())):
         assert SENTINEL not in text
+
+
+# -- the I/O mode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "expected"),
+    [
+        (None, {}, "threads"),  # the default
+        ("asyncio", {}, "asyncio"),
+        ("AsyncIO ", {}, "asyncio"),  # as lenient as scheme: case and spaces
+        ("asyncio", {"io": "threads"}, "threads"),  # initialize() beats the environment
+    ],
+)
+async def test_io_comes_from_consul_io_and_is_shown_by_describe(
+    monkeypatch, consul_agent, env, config, expected
+):
+    if env is not None:
+        monkeypatch.setenv("CONSUL_IO", env)
+    handler = HandlerConsul()
+    await handler.initialize({"host": consul_agent.host, "port": consul_agent.port, **config})
+    try:
+        described = handler.describe()
+        assert described["io"] == expected
+        assert described["settings"]["io"] == expected
+        assert described["pool"]["threads"] == (0 if expected == "asyncio" else 1)
+        await reaches(handler, consul_agent)
+    finally:
+        await handler.shutdown()

@@ -321,8 +321,10 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         if deadlines is None or deadlines.loop is not conn.loop:
             deadlines = self._deadlines = Deadlines(conn.loop)
         timer = deadlines.schedule(loop_deadline, conn.expire)
+        answered = False
         try:
-            return await waiter
+            answer = await waiter
+            answered = True
         except TooLarge as exc:
             limit = self.config.max_response_bytes
             raise ResponseTooLarge(f"{self._where(method, path)}: {exc}", limit=limit) from None
@@ -338,8 +340,12 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             ) from None
         finally:
             deadlines.cancel(timer)
-            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+            if not answered:
+                # Failed, timed out or cancelled, even cancelled just after its answer had
+                # come: the caller will not check it in, so it is dropped here, never left
+                # open without an owner.
                 conn.abort()
+        return answer
 
 
 def _text(content: bytes) -> str:
