@@ -517,3 +517,54 @@ def test_a_silent_unix_socket_is_bounded_by_the_deadline(run: Run) -> None:
     assert isinstance(error, TransportTimeout)
     assert error.request_sent is True
     assert DEADLINE - 0.05 <= elapsed < DEADLINE + MARGIN
+
+
+# -- the handler itself on both loops --------------------------------------------------------------
+
+
+def test_the_handler_in_asyncio_mode_serves_envelopes_on_either_loop(
+    run: Run, consul_agent: ConsulAgent
+) -> None:
+    """Bulkhead, transport, breaker and lifecycle together: 200 envelopes, 32 in flight on 8
+    slots, a health check, a refused key (nothing sent) and a clean shutdown."""
+    from handler_consul import HandlerConsul, InfraValidationError
+
+    key = f"{uniq('aio-loop')}/k"
+
+    async def scenario() -> dict[str, Any]:
+        async with HandlerConsul(
+            ConsulSettings(
+                host=consul_agent.host,
+                port=consul_agent.port,
+                io="asyncio",
+                max_concurrent_operations=8,
+            )
+        ) as handler:
+            put = {"operation": "consul.kv_put", "payload": {"key": key, "value": "v"}}
+            get = {"operation": "consul.kv_get", "payload": {"key": key}}
+            assert (await handler.execute(put)).result == {"key": key, "applied": True}
+            limit = asyncio.Semaphore(32)
+
+            async def one() -> str:
+                async with limit:
+                    return str((await handler.execute(get)).result["value"])
+
+            values = await asyncio.gather(*(one() for _ in range(200)))
+            with pytest.raises(InfraValidationError):
+                await handler.execute({"operation": "consul.kv_get", "payload": {"key": "../x"}})
+            health = await handler.health_check()
+            return {
+                "values": set(values),
+                "healthy": health["healthy"],
+                "pool": handler.describe()["pool"],
+            }
+
+    outcome = run(scenario())
+    assert outcome["values"] == {"v"}
+    assert outcome["healthy"] is True
+    assert outcome["pool"]["peak_busy"] == 8
+    assert (outcome["pool"]["busy"], outcome["pool"]["waiting"], outcome["pool"]["threads"]) == (
+        0,
+        0,
+        0,
+    )
