@@ -15,12 +15,19 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "DeregisterResult",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
     "KvGetResult",
     "KvPutResult",
     "RegisterResult",
+    "SessionCreateResult",
+    "SessionDestroyResult",
+    "SessionRenewResult",
+    "TxnAppliedResult",
+    "TxnError",
+    "TxnRolledBackResult",
 ]
 
 
@@ -92,3 +99,65 @@ class DeregisterResult(TypedDict):
 
     service_id: str
     deregistered: bool
+
+
+class KvDeleteResult(TypedDict):
+    """``consul.kv_delete``. ``deleted`` is False only when a ``cas`` index did not match
+    (a key that did not exist is deleted: Consul answers true)."""
+
+    key: str
+    deleted: bool
+
+
+class TxnAppliedResult(TypedDict):
+    """A ``consul.txn`` that Consul applied, every operation at once.
+
+    ``results`` are the entries Consul returns, in the order of the operations that return
+    them: ``get`` and ``get-tree`` with their values; ``set``, ``cas``, ``lock``, ``unlock``,
+    ``check-index`` and ``check-session`` with the entry as it stands but ``value`` and
+    ``encoding`` None (Consul leaves values out); the deletes and ``check-not-exists``
+    return nothing. ``index`` is the Raft index the transaction was applied at when it wrote
+    an entry it returns, for a read-only one the highest ``modify_index`` it read, and None
+    when it returned no entry (Consul's transaction endpoint sends no index header).
+    """
+
+    applied: Literal[True]
+    results: list[KvEntry]
+    index: int | None
+
+
+class TxnError(TypedDict):
+    """Why Consul rolled a transaction back: the failing operation's position in
+    ``operations`` (from 0) and Consul's words."""
+
+    op_index: int
+    what: str
+
+
+class TxnRolledBackResult(TypedDict):
+    """A ``consul.txn`` that Consul rolled back (its 409): nothing was applied."""
+
+    applied: Literal[False]
+    errors: list[TxnError]
+
+
+class SessionCreateResult(TypedDict):
+    """``consul.session_create``: the new session's ID."""
+
+    session_id: str
+
+
+class SessionRenewResult(TypedDict):
+    """``consul.session_renew``. ``renewed`` is False when the session no longer exists
+    (expired or destroyed): create a new one."""
+
+    session_id: str
+    renewed: bool
+
+
+class SessionDestroyResult(TypedDict):
+    """``consul.session_destroy``. Consul answers true for an unknown session as well, so
+    destroying twice is harmless."""
+
+    session_id: str
+    destroyed: bool

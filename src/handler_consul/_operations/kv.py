@@ -1,4 +1,4 @@
-"""consul.kv_get and consul.kv_put: payload models and the functions that run them.
+"""consul.kv_get, consul.kv_put and consul.kv_delete: payload models and their functions.
 
 The functions run in a worker thread and call python-consul2's ``kv`` endpoint. They
 normalise what python-consul2 returns: the index header as an ``int`` (it hands back the
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from handler_consul._client import ConsulClient
 from handler_consul._operations.settle import settle
 from handler_consul._results import (
+    KvDeleteResult,
     KvEntry,
     KvGetKeysResult,
     KvGetRecurseResult,
@@ -33,6 +34,8 @@ from handler_consul._validation import (
 )
 
 __all__ = [
+    "KvDeletePayload",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetPayload",
@@ -40,9 +43,15 @@ __all__ = [
     "KvGetResult",
     "KvPutPayload",
     "KvPutResult",
+    "check_value",
+    "decode_value",
+    "entry",
+    "kv_delete",
+    "kv_delete_is_idempotent",
     "kv_get",
     "kv_put",
     "kv_put_is_idempotent",
+    "value_bytes",
 ]
 
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -107,19 +116,7 @@ class KvPutPayload(BaseModel):
     @field_validator("value")
     @classmethod
     def _value(cls, value: str | bytes, info: ValidationInfo) -> str | bytes:
-        encoding = info.data.get("encoding", "utf-8")
-        if isinstance(value, bytes) and encoding != "utf-8":
-            raise ValueError("encoding applies to text values only; bytes are sent as they are")
-        if isinstance(value, str):
-            check_text(value)
-        # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
-        # here (kv_put encodes it once, for the request).
-        short_text = (
-            isinstance(value, str) and encoding == "utf-8" and len(value) * 4 <= MAX_VALUE_BYTES
-        )
-        if not short_text and len(_value_bytes(value, encoding)) > MAX_VALUE_BYTES:
-            raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
-        return value
+        return check_value(value, info.data.get("encoding", "utf-8"))
 
     @model_validator(mode="after")
     def _locks(self) -> KvPutPayload:
@@ -129,10 +126,71 @@ class KvPutPayload(BaseModel):
 
     def data(self) -> bytes:
         """The bytes to store."""
-        return _value_bytes(self.value, self.encoding)
+        return value_bytes(self.value, self.encoding)
 
 
-def _value_bytes(value: str | bytes, encoding: str) -> bytes:
+class KvDeletePayload(BaseModel):
+    """Delete one key, or every key under a prefix (``recurse``); ``cas`` makes a single-key
+    delete conditional. The whole tree (an empty key with ``recurse``) also needs
+    ``confirm_root``: one envelope must not wipe a datacenter's KV store by accident.
+
+    Fields are declared in the order their validators read each other.
+    """
+
+    model_config = _STRICT
+
+    recurse: bool = False
+    key: KvPrefix
+    confirm_root: bool = Field(False, validate_default=True)
+    # Consul deletes with a CAS index only when it is above 0 (0 never matches).
+    cas: int | None = Field(None, ge=1, le=UINT64_MAX)
+
+    @field_validator("key")
+    @classmethod
+    def _key_for_mode(cls, key: str, info: ValidationInfo) -> str:
+        if key == "" and not info.data.get("recurse"):
+            raise ValueError("must not be empty unless recurse is set")
+        return key
+
+    @field_validator("confirm_root")
+    @classmethod
+    def _confirm_root(cls, confirm: bool, info: ValidationInfo) -> bool:
+        root = info.data.get("key") == "" and info.data.get("recurse") is True
+        if root and not confirm:
+            raise ValueError(
+                "must be true to delete every key (an empty key with recurse); nothing was deleted"
+            )
+        if confirm and not root and "key" in info.data:
+            raise ValueError("is only meaningful with an empty key and recurse")
+        return confirm
+
+    @field_validator("cas")
+    @classmethod
+    def _cas_one_key(cls, cas: int | None, info: ValidationInfo) -> int | None:
+        # Consul would silently drop recurse and CAS-delete the one key named.
+        if cas is not None and info.data.get("recurse"):
+            raise ValueError("applies to one key: not with recurse")
+        return cas
+
+
+def check_value(value: str | bytes, encoding: str) -> str | bytes:
+    """A value to store: valid text, valid base64 when so encoded, within Consul's size."""
+    if isinstance(value, bytes) and encoding != "utf-8":
+        raise ValueError("encoding applies to text values only; bytes are sent as they are")
+    if isinstance(value, str):
+        check_text(value)
+    # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
+    # here (the operation encodes it once, for the request).
+    short_text = (
+        isinstance(value, str) and encoding == "utf-8" and len(value) * 4 <= MAX_VALUE_BYTES
+    )
+    if not short_text and len(value_bytes(value, encoding)) > MAX_VALUE_BYTES:
+        raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
+    return value
+
+
+def value_bytes(value: str | bytes, encoding: str) -> bytes:
+    """The bytes a value stands for (``ValueError`` for bad base64)."""
     if isinstance(value, bytes):
         return value
     if encoding == "base64":
@@ -151,7 +209,8 @@ def _index(raw: Any) -> int:
         return 0
 
 
-def _decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
+def decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
+    """Stored bytes as the handler gives them back: text if UTF-8, else base64."""
     if raw is None:
         # Consul stores an empty value as null; give back what was written: "".
         return "", "utf-8"
@@ -161,8 +220,9 @@ def _decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
         return base64.b64encode(raw).decode("ascii"), "base64"
 
 
-def _entry(item: dict[str, Any]) -> KvEntry:
-    value, encoding = _decode_value(item.get("Value"))
+def entry(item: dict[str, Any]) -> KvEntry:
+    """One of Consul's KV entries (its ``Value`` already base64-decoded) as a KvEntry."""
+    value, encoding = decode_value(item.get("Value"))
     return {
         "key": item["Key"],
         "value": value,
@@ -192,7 +252,7 @@ async def kv_get(
     if payload.keys_only:
         return {"prefix": payload.key, "keys": list(data or []), "index": index}
     if payload.recurse:
-        items = [_entry(item) for item in data or []]
+        items = [entry(item) for item in data or []]
         return {"prefix": payload.key, "found": bool(items), "items": items, "index": index}
     if data is None:
         return {
@@ -207,8 +267,7 @@ async def kv_get(
             "session": None,
             "index": index,
         }
-    entry = _entry(data)
-    return {"found": True, **entry, "index": index}
+    return {"found": True, **entry(data), "index": index}
 
 
 async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
@@ -228,3 +287,16 @@ async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
 def kv_put_is_idempotent(payload: KvPutPayload) -> bool:
     """A plain put can be re-sent; a CAS or lock write is never blindly re-sent."""
     return payload.cas is None and payload.acquire is None and payload.release is None
+
+
+async def kv_delete(client: ConsulClient, payload: KvDeletePayload) -> KvDeleteResult:
+    deleted = await settle(
+        client.kv.delete(payload.key, recurse=payload.recurse or None, cas=payload.cas)
+    )
+    return {"key": payload.key, "deleted": deleted is True}
+
+
+def kv_delete_is_idempotent(payload: KvDeletePayload) -> bool:
+    """A plain delete can be re-sent (the second one deletes nothing and answers true); a
+    CAS delete cannot: its second answer would be false whether or not the first applied."""
+    return payload.cas is None
