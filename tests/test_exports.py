@@ -32,6 +32,7 @@ EXPECTED_ALL = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
@@ -40,6 +41,12 @@ EXPECTED_ALL = [
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
+    "SessionCreateResult",
+    "SessionDestroyResult",
+    "SessionRenewResult",
+    "TxnAppliedResult",
+    "TxnError",
+    "TxnRolledBackResult",
     "__version__",
 ]
 

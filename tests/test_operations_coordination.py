@@ -12,8 +12,6 @@ import pytest
 from harness import ConsulAgent
 from support import execute_ok, uniq
 
-from handler_consul import HandlerConsul
-
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 
@@ -301,7 +299,8 @@ async def test_session_create_holds_what_was_asked(handler, consul_agent):
             "delete",
             0,
         )
-        assert not info.get("NodeChecks") and not info.get("Checks")
+        assert not info.get("NodeChecks")
+        assert not info.get("Checks")
     finally:
         await execute_ok(handler, "session_destroy", session_id=session)
 

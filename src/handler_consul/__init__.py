@@ -1,7 +1,8 @@
 """handler-consul: an asyncio effect handler for HashiCorp Consul.
 
-``HandlerConsul.execute(envelope)`` runs consul.register, consul.deregister, consul.kv_get
-and consul.kv_put through a bounded thread pool behind a circuit breaker. This module is the
+``HandlerConsul.execute(envelope)`` runs the Consul operations of its dispatch table (service
+registration, KV reads and writes, transactions, sessions) through a bounded thread pool
+behind a circuit breaker. This module is the
 public API; every other module of the package is private. See README.md.
 
 The names below are imported on first access (PEP 562): importing the handler pulls in
@@ -37,12 +38,19 @@ if TYPE_CHECKING:
     from handler_consul._log import CorrelationIdFilter
     from handler_consul._results import (
         DeregisterResult,
+        KvDeleteResult,
         KvEntry,
         KvGetKeysResult,
         KvGetRecurseResult,
         KvGetResult,
         KvPutResult,
         RegisterResult,
+        SessionCreateResult,
+        SessionDestroyResult,
+        SessionRenewResult,
+        TxnAppliedResult,
+        TxnError,
+        TxnRolledBackResult,
     )
     from handler_consul._settings import BreakerSettings, ConsulSettings, RetrySettings
 
@@ -68,6 +76,7 @@ __all__ = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
@@ -76,6 +85,12 @@ __all__ = [
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
+    "SessionCreateResult",
+    "SessionDestroyResult",
+    "SessionRenewResult",
+    "TxnAppliedResult",
+    "TxnError",
+    "TxnRolledBackResult",
     "__version__",
 ]
 
@@ -104,6 +119,13 @@ _HOMES: dict[str, str] = {
     "KvGetResult": "handler_consul._results",
     "KvPutResult": "handler_consul._results",
     "RegisterResult": "handler_consul._results",
+    "KvDeleteResult": "handler_consul._results",
+    "SessionCreateResult": "handler_consul._results",
+    "SessionDestroyResult": "handler_consul._results",
+    "SessionRenewResult": "handler_consul._results",
+    "TxnAppliedResult": "handler_consul._results",
+    "TxnError": "handler_consul._results",
+    "TxnRolledBackResult": "handler_consul._results",
     "BreakerSettings": "handler_consul._settings",
     "ConsulSettings": "handler_consul._settings",
     "RetrySettings": "handler_consul._settings",

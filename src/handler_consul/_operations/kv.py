@@ -8,14 +8,13 @@ and values as text when they are UTF-8 and base64 otherwise.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul._client import ConsulClient
 from handler_consul._operations.settle import settle
+from handler_consul._operations.values import check_value, entry, value_bytes
 from handler_consul._results import (
     KvDeleteResult,
     KvEntry,
@@ -25,12 +24,10 @@ from handler_consul._results import (
     KvPutResult,
 )
 from handler_consul._validation import (
-    MAX_VALUE_BYTES,
     UINT64_MAX,
     KvKey,
     KvPrefix,
     SessionId,
-    check_text,
 )
 
 __all__ = [
@@ -43,15 +40,11 @@ __all__ = [
     "KvGetResult",
     "KvPutPayload",
     "KvPutResult",
-    "check_value",
-    "decode_value",
-    "entry",
     "kv_delete",
     "kv_delete_is_idempotent",
     "kv_get",
     "kv_put",
     "kv_put_is_idempotent",
-    "value_bytes",
 ]
 
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -173,66 +166,12 @@ class KvDeletePayload(BaseModel):
         return cas
 
 
-def check_value(value: str | bytes, encoding: str) -> str | bytes:
-    """A value to store: valid text, valid base64 when so encoded, within Consul's size."""
-    if isinstance(value, bytes) and encoding != "utf-8":
-        raise ValueError("encoding applies to text values only; bytes are sent as they are")
-    if isinstance(value, str):
-        check_text(value)
-    # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
-    # here (the operation encodes it once, for the request).
-    short_text = (
-        isinstance(value, str) and encoding == "utf-8" and len(value) * 4 <= MAX_VALUE_BYTES
-    )
-    if not short_text and len(value_bytes(value, encoding)) > MAX_VALUE_BYTES:
-        raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
-    return value
-
-
-def value_bytes(value: str | bytes, encoding: str) -> bytes:
-    """The bytes a value stands for (``ValueError`` for bad base64)."""
-    if isinstance(value, bytes):
-        return value
-    if encoding == "base64":
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("is not valid base64") from None
-    return value.encode("utf-8")
-
-
 def _index(raw: Any) -> int:
     """python-consul2 returns X-Consul-Index as the header string (or None)."""
     try:
         return int(raw)
     except (TypeError, ValueError):
         return 0
-
-
-def decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
-    """Stored bytes as the handler gives them back: text if UTF-8, else base64."""
-    if raw is None:
-        # Consul stores an empty value as null; give back what was written: "".
-        return "", "utf-8"
-    try:
-        return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(raw).decode("ascii"), "base64"
-
-
-def entry(item: dict[str, Any]) -> KvEntry:
-    """One of Consul's KV entries (its ``Value`` already base64-decoded) as a KvEntry."""
-    value, encoding = decode_value(item.get("Value"))
-    return {
-        "key": item["Key"],
-        "value": value,
-        "encoding": encoding,
-        "flags": int(item.get("Flags", 0)),
-        "modify_index": int(item.get("ModifyIndex", 0)),
-        "create_index": int(item.get("CreateIndex", 0)),
-        "lock_index": int(item.get("LockIndex", 0)),
-        "session": item.get("Session"),
-    }
 
 
 async def kv_get(

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from handler_consul._client import ConsulClient
-from handler_consul._operations.kv import check_value, entry, value_bytes
 from handler_consul._operations.settle import settle
+from handler_consul._operations.values import check_value, entry, value_bytes
 from handler_consul._results import KvEntry, TxnAppliedResult, TxnError, TxnRolledBackResult
 from handler_consul._validation import MAX_VALUE_BYTES, UINT64_MAX, KvPrefix, SessionId
 
