@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "_operations.service": 6,
     "_operations.session": 6,
     "_operations.txn": 6,
+    "_operations.watch": 6,
     "_operations": 7,
     "_translate": 8,
     "_parsing": 8,

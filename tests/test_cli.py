@@ -278,8 +278,9 @@ def test_schema_is_a_json_schema_with_a_discriminated_union() -> None:
             "consul.session_destroy",
             "consul.session_renew",
             "consul.txn",
+            "consul.watch",
         }
-        assert len(doc["oneOf"]) == 9
+        assert len(doc["oneOf"]) == 10
         assert all(ref["$ref"].startswith("#/$defs/") for ref in doc["oneOf"])
     assert {"KvPutPayload", "RegisterPayload", "HealthCheck"} <= set(docs["envelope"]["$defs"])
     assert {"KvGetResult", "KvEntry", "RegisterResult"} <= set(docs["result"]["$defs"])

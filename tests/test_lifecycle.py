@@ -39,6 +39,7 @@ OPERATIONS = [
     "consul.session_destroy",
     "consul.session_renew",
     "consul.txn",
+    "consul.watch",
 ]
 
 

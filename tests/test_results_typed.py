@@ -93,7 +93,12 @@ def test_pydantic_validates_and_describes_each_result(tp: Any) -> None:
     adapter = TypeAdapter(tp)
     schema = adapter.json_schema()
     assert schema["type"] == "object"
-    assert set(schema["required"]) == set(typing.get_type_hints(tp))
+    hints = typing.get_type_hints(tp, include_extras=True)
+    optional = {
+        k for k, v in hints.items() if typing.get_origin(v) is typing_extensions.NotRequired
+    }
+    assert set(schema["required"]) == set(hints) - optional
+    assert set(schema["properties"]) == set(hints)
     with pytest.raises(ValidationError):
         adapter.validate_python({})
 

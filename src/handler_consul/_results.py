@@ -9,7 +9,7 @@ work on every Python the package supports.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -28,6 +28,7 @@ __all__ = [
     "TxnAppliedResult",
     "TxnError",
     "TxnRolledBackResult",
+    "WatchResult",
 ]
 
 
@@ -47,7 +48,10 @@ class KvEntry(TypedDict):
 
 class KvGetResult(TypedDict):
     """A single-key ``consul.kv_get``. A missing key is ``found: False`` with every field of
-    the entry ``None``; ``index`` is the ``X-Consul-Index`` of the answer, as an integer."""
+    the entry ``None``; ``index`` is the ``X-Consul-Index`` of the answer, as an integer.
+    A ``"consistency": "cached"`` read also says where the answer came from (``source``:
+    ``consul`` while the cache is in sync, ``cache`` while Consul is unreachable) and how old
+    it is (``age_seconds``, 0 when in sync)."""
 
     key: str
     found: bool
@@ -59,23 +63,34 @@ class KvGetResult(TypedDict):
     lock_index: int | None
     session: str | None
     index: int
+    # Only with "consistency": "cached".
+    source: NotRequired[Literal["consul", "cache"]]
+    age_seconds: NotRequired[float]
 
 
 class KvGetRecurseResult(TypedDict):
-    """``consul.kv_get`` with ``recurse``: every entry under ``prefix``, sorted by key."""
+    """``consul.kv_get`` with ``recurse``: every entry under ``prefix``, sorted by key (with
+    ``source`` and ``age_seconds`` when cached, as for a single key)."""
 
     prefix: str
     found: bool
     items: list[KvEntry]
     index: int
+    # Only with "consistency": "cached".
+    source: NotRequired[Literal["consul", "cache"]]
+    age_seconds: NotRequired[float]
 
 
 class KvGetKeysResult(TypedDict):
-    """``consul.kv_get`` with ``keys_only``: the key names under ``prefix``."""
+    """``consul.kv_get`` with ``keys_only``: the key names under ``prefix`` (with ``source``
+    and ``age_seconds`` when cached, as for a single key)."""
 
     prefix: str
     keys: list[str]
     index: int
+    # Only with "consistency": "cached".
+    source: NotRequired[Literal["consul", "cache"]]
+    age_seconds: NotRequired[float]
 
 
 class KvPutResult(TypedDict):
@@ -161,3 +176,14 @@ class SessionDestroyResult(TypedDict):
 
     session_id: str
     destroyed: bool
+
+
+class WatchResult(TypedDict):
+    """One ``consul.watch`` step. ``index`` is what to send with the next step (Consul's
+    rules applied: 0 after the index went backwards, never below 1 otherwise); ``changed``
+    is whether it moved past the index sent (a step from 0 counts as changed). ``result``
+    has kv_get's shape: a single-key result for ``key``, a recursive one for ``prefix``."""
+
+    index: int
+    changed: bool
+    result: KvGetResult | KvGetRecurseResult

@@ -42,6 +42,7 @@ from handler_consul._operations.session import (
 )
 from handler_consul._operations.settle import run_to_completion
 from handler_consul._operations.txn import TxnPayload, txn, txn_is_idempotent
+from handler_consul._operations.watch import WatchPayload, serve_kv_get, serve_watch, watch_step
 
 __all__ = ["OPERATIONS", "Effects", "Operation", "call_leader", "call_operation"]
 
@@ -76,7 +77,9 @@ OPERATIONS: Mapping[str, Operation] = {
         # Not re-sent after an unknown outcome: a second DELETE answers 404 whether or not
         # the first removed the service, so ``deregistered`` would be a guess.
         Operation("consul.deregister", DeregisterPayload, deregister, _never),
-        Operation("consul.kv_get", KvGetPayload, kv_get),
+        # Served on the loop: "consistency": "cached" reads from memory, the rest is one
+        # short request as before.
+        Operation("consul.kv_get", KvGetPayload, kv_get, serve=serve_kv_get),
         Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
         Operation("consul.kv_delete", KvDeletePayload, kv_delete, kv_delete_is_idempotent),
         Operation("consul.txn", TxnPayload, txn, txn_is_idempotent),
@@ -85,6 +88,7 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("consul.session_create", SessionCreatePayload, session_create, _never),
         Operation("consul.session_renew", SessionIdPayload, session_renew),
         Operation("consul.session_destroy", SessionIdPayload, session_destroy),
+        Operation("consul.watch", WatchPayload, watch_step, serve=serve_watch),
     )
 }
 

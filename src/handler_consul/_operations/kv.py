@@ -8,13 +8,13 @@ and values as text when they are UTF-8 and base64 otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul._client import ConsulClient
 from handler_consul._operations.settle import settle
-from handler_consul._operations.values import check_value, entry, value_bytes
+from handler_consul._operations.values import check_value, kv_read, value_bytes
 from handler_consul._results import (
     KvDeleteResult,
     KvEntry,
@@ -63,7 +63,8 @@ class KvGetPayload(BaseModel):
     keys_only: bool = False
     key: KvPrefix
     separator: str | None = Field(None, min_length=1, max_length=16)
-    consistency: Literal["default", "stale", "consistent"] = "default"
+    # "cached": served from memory, kept fresh by a blocking query (see _operations/watch.py).
+    consistency: Literal["default", "stale", "consistent", "cached"] = "default"
 
     @field_validator("key")
     @classmethod
@@ -166,47 +167,11 @@ class KvDeletePayload(BaseModel):
         return cas
 
 
-def _index(raw: Any) -> int:
-    """python-consul2 returns X-Consul-Index as the header string (or None)."""
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return 0
-
-
 async def kv_get(
     client: ConsulClient, payload: KvGetPayload
 ) -> KvGetResult | KvGetRecurseResult | KvGetKeysResult:
-    consistency = None if payload.consistency == "default" else payload.consistency
-    raw_index, data = await settle(
-        client.kv.get(
-            payload.key,
-            recurse=payload.recurse,
-            keys=payload.keys_only,
-            separator=payload.separator,
-            consistency=consistency,
-        )
-    )
-    index = _index(raw_index)
-    if payload.keys_only:
-        return {"prefix": payload.key, "keys": list(data or []), "index": index}
-    if payload.recurse:
-        items = [entry(item) for item in data or []]
-        return {"prefix": payload.key, "found": bool(items), "items": items, "index": index}
-    if data is None:
-        return {
-            "key": payload.key,
-            "found": False,
-            "value": None,
-            "encoding": None,
-            "flags": None,
-            "modify_index": None,
-            "create_index": None,
-            "lock_index": None,
-            "session": None,
-            "index": index,
-        }
-    return {"found": True, **entry(data), "index": index}
+    _, result = await kv_read(client, payload)
+    return result
 
 
 async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
