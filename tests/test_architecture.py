@@ -55,7 +55,9 @@ LAYERS: dict[str, int] = {
     "_schema": 8,
     "_retry": 9,
     "_runtime": 10,
+    "_coordination": 10,  # needs only a runtime's shape, not its module
     "_lifecycle": 11,
+    "_locks": 11,
     "_effects": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,

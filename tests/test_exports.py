@@ -26,9 +26,11 @@ EXPECTED_ALL = [
     "HandlerResponse",
     "InfraAuthenticationError",
     "InfraConfigurationError",
+    "InfraConflictError",
     "InfraConnectionError",
     "InfraConsulError",
     "InfraError",
+    "InfraLockTimeoutError",
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
@@ -38,6 +40,7 @@ EXPECTED_ALL = [
     "KvGetRecurseResult",
     "KvGetResult",
     "KvPutResult",
+    "Lease",
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
@@ -47,6 +50,7 @@ EXPECTED_ALL = [
     "TxnAppliedResult",
     "TxnError",
     "TxnRolledBackResult",
+    "WatchResult",
     "__version__",
 ]
 

@@ -27,14 +27,17 @@ if TYPE_CHECKING:
         ErrorContext,
         InfraAuthenticationError,
         InfraConfigurationError,
+        InfraConflictError,
         InfraConnectionError,
         InfraConsulError,
         InfraError,
+        InfraLockTimeoutError,
         InfraTimeoutError,
         InfraUnavailableError,
         InfraValidationError,
     )
     from handler_consul._handler import HandlerConsul
+    from handler_consul._locks import Lease
     from handler_consul._log import CorrelationIdFilter
     from handler_consul._results import (
         DeregisterResult,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
         TxnAppliedResult,
         TxnError,
         TxnRolledBackResult,
+        WatchResult,
     )
     from handler_consul._settings import BreakerSettings, ConsulSettings, RetrySettings
 
@@ -70,9 +74,11 @@ __all__ = [
     "HandlerResponse",
     "InfraAuthenticationError",
     "InfraConfigurationError",
+    "InfraConflictError",
     "InfraConnectionError",
     "InfraConsulError",
     "InfraError",
+    "InfraLockTimeoutError",
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
@@ -82,6 +88,7 @@ __all__ = [
     "KvGetRecurseResult",
     "KvGetResult",
     "KvPutResult",
+    "Lease",
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
@@ -91,6 +98,7 @@ __all__ = [
     "TxnAppliedResult",
     "TxnError",
     "TxnRolledBackResult",
+    "WatchResult",
     "__version__",
 ]
 
@@ -107,10 +115,13 @@ _HOMES: dict[str, str] = {
     "InfraConnectionError": "handler_consul._errors",
     "InfraConsulError": "handler_consul._errors",
     "InfraError": "handler_consul._errors",
+    "InfraConflictError": "handler_consul._errors",
+    "InfraLockTimeoutError": "handler_consul._errors",
     "InfraTimeoutError": "handler_consul._errors",
     "InfraUnavailableError": "handler_consul._errors",
     "InfraValidationError": "handler_consul._errors",
     "HandlerConsul": "handler_consul._handler",
+    "Lease": "handler_consul._locks",
     "CorrelationIdFilter": "handler_consul._log",
     "DeregisterResult": "handler_consul._results",
     "KvEntry": "handler_consul._results",
@@ -126,6 +137,7 @@ _HOMES: dict[str, str] = {
     "TxnAppliedResult": "handler_consul._results",
     "TxnError": "handler_consul._results",
     "TxnRolledBackResult": "handler_consul._results",
+    "WatchResult": "handler_consul._results",
     "BreakerSettings": "handler_consul._settings",
     "ConsulSettings": "handler_consul._settings",
     "RetrySettings": "handler_consul._settings",
