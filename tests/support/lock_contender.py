@@ -11,9 +11,10 @@ token with a CAS on the index read.
 
 Modes:
 
-- ``rounds``: print ``{"ready"}``, wait for a ``go`` line, then take the lock ``--rounds``
+- ``rounds``: print ``{"ready"}``, wait for a ``go`` line, then hold the lock ``--rounds``
   times; one ``{"round"}`` line per round (token, session, start, end, what was read and
-  whether the CAS write applied), or ``{"error"}`` when a round failed (it goes on);
+  whether the CAS write applied), or ``{"error"}`` when a round failed (it goes on, up to
+  ``--max-errors`` failures);
 - ``hold``: take the lock once, print ``{"acquired"}``, then write the token every 0.1 s
   until ``lease.lost`` is set; print ``{"lost"}`` (when, and whether it was seen before a
   write), try one more CAS write with the index it last wrote at (a frozen holder waking
@@ -60,12 +61,15 @@ async def write_resource(handler: HandlerConsul, key: str, token: int, cas: int)
 async def rounds(handler: HandlerConsul, args: argparse.Namespace) -> None:
     emit(event="ready")
     await asyncio.to_thread(sys.stdin.readline)
-    for n in range(args.rounds):
+    n = errors = 0
+    while n < args.rounds and errors <= args.max_errors:
+        held: dict[str, Any] = {}
         try:
             async with handler.lock(
                 args.lock, ttl=args.ttl, wait=args.wait, lock_delay=args.lock_delay
             ) as lease:
                 start = time.monotonic()
+                held.update(token=lease.fencing_token, session=lease.session_id, start=start)
                 stored, index = await read_resource(handler, args.resource)
                 lost_before = lease.lost.is_set()
                 applied = await write_resource(handler, args.resource, lease.fencing_token, index)
@@ -81,8 +85,19 @@ async def rounds(handler: HandlerConsul, args: argparse.Namespace) -> None:
                     applied=applied,
                     lost=lost_before or lease.lost.is_set(),
                 )
+                n += 1
         except InfraError as error:
-            emit(event="error", n=n, error=type(error).__name__, message=error.message[:200])
+            errors += 1
+            # A round that held the lock and then failed says so: it believed it held the
+            # lock from ``start`` until now.
+            emit(
+                event="error",
+                n=n,
+                error=type(error).__name__,
+                message=error.message[:200],
+                end=time.monotonic(),
+                **held,
+            )
             await asyncio.sleep(0.2)
 
 
@@ -131,8 +146,15 @@ async def main() -> None:
     parser.add_argument("--lock-delay", default="1s")
     parser.add_argument("--wait", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--max-errors", type=int, default=0)
+    parser.add_argument("--breaker-reset", type=float, default=30.0)
     args = parser.parse_args()
-    settings = ConsulSettings(host=args.host, port=args.port, timeout_seconds=args.timeout)
+    settings = ConsulSettings(
+        host=args.host,
+        port=args.port,
+        timeout_seconds=args.timeout,
+        breaker={"reset_timeout_seconds": args.breaker_reset},
+    )
     async with HandlerConsul(settings=settings) as handler:
         await {"rounds": rounds, "hold": hold, "once": once}[args.mode](handler, args)
     emit(event="done")
