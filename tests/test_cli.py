@@ -270,11 +270,17 @@ def test_schema_is_a_json_schema_with_a_discriminated_union() -> None:
         assert doc["discriminator"]["propertyName"] == "operation"
         assert set(doc["discriminator"]["mapping"]) == {
             "consul.deregister",
+            "consul.kv_delete",
             "consul.kv_get",
             "consul.kv_put",
             "consul.register",
+            "consul.session_create",
+            "consul.session_destroy",
+            "consul.session_renew",
+            "consul.txn",
+            "consul.watch",
         }
-        assert len(doc["oneOf"]) == 4
+        assert len(doc["oneOf"]) == 10
         assert all(ref["$ref"].startswith("#/$defs/") for ref in doc["oneOf"])
     assert {"KvPutPayload", "RegisterPayload", "HealthCheck"} <= set(docs["envelope"]["$defs"])
     assert {"KvGetResult", "KvEntry", "RegisterResult"} <= set(docs["result"]["$defs"])
@@ -294,6 +300,13 @@ def test_real_responses_match_the_result_schema(consul_agent: ConsulAgent) -> No
         {"operation": "consul.kv_get", "payload": {"key": prefix, "recurse": True}},
         {"operation": "consul.kv_get", "payload": {"key": prefix, "keys_only": True}},
         {"operation": "consul.deregister", "payload": {"service_id": service}},
+        {
+            "operation": "consul.txn",
+            "payload": {"operations": [{"verb": "get-tree", "key": f"{prefix}/"}]},
+        },
+        {"operation": "consul.txn", "payload": {"operations": [{"verb": "get", "key": prefix}]}},
+        {"operation": "consul.kv_delete", "payload": {"key": f"{prefix}/a"}},
+        {"operation": "consul.session_create", "payload": {"ttl": "10s"}},
     ]
     stdin = "".join(json.dumps(e) + "\n" for e in envelopes)
 

@@ -72,6 +72,10 @@ class EnvelopeEffects:
     def state(self) -> dict[str, Any]:
         return self._runtime.state
 
+    @property
+    def min_interval_seconds(self) -> float:
+        return self._runtime.settings.long_poll.min_interval_seconds
+
     def _operation(self, run: Run[Any, Any], idempotent: bool, name: str | None) -> Operation:
         # An ad-hoc table row: Attempts reads its name (logs, errors) and idempotency rule.
         return Operation(

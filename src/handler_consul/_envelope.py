@@ -15,11 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from handler_consul._results import (
     DeregisterResult,
+    KvDeleteResult,
     KvGetKeysResult,
     KvGetRecurseResult,
     KvGetResult,
     KvPutResult,
     RegisterResult,
+    SessionCreateResult,
+    SessionDestroyResult,
+    SessionRenewResult,
+    TxnAppliedResult,
+    TxnRolledBackResult,
 )
 
 __all__ = ["MAX_ENVELOPE_TIMEOUT_SECONDS", "Envelope", "HandlerResponse"]
@@ -115,6 +121,27 @@ class HandlerResponse(BaseModel):
         """The result of a ``consul.kv_put``."""
         return cast(KvPutResult, self._result_for("as_kv_put"))
 
+    def as_kv_delete(self) -> KvDeleteResult:
+        """The result of a ``consul.kv_delete``."""
+        return cast(KvDeleteResult, self._result_for("as_kv_delete"))
+
+    def as_txn(self) -> TxnAppliedResult | TxnRolledBackResult:
+        """The result of a ``consul.txn``: applied (``results``) or rolled back (``errors``);
+        ``applied`` tells them apart for a type checker too."""
+        return cast(TxnAppliedResult | TxnRolledBackResult, self._result_for("as_txn"))
+
+    def as_session_create(self) -> SessionCreateResult:
+        """The result of a ``consul.session_create``."""
+        return cast(SessionCreateResult, self._result_for("as_session_create"))
+
+    def as_session_renew(self) -> SessionRenewResult:
+        """The result of a ``consul.session_renew``."""
+        return cast(SessionRenewResult, self._result_for("as_session_renew"))
+
+    def as_session_destroy(self) -> SessionDestroyResult:
+        """The result of a ``consul.session_destroy``."""
+        return cast(SessionDestroyResult, self._result_for("as_session_destroy"))
+
     def as_register(self) -> RegisterResult:
         """The result of a ``consul.register``."""
         return cast(RegisterResult, self._result_for("as_register"))
@@ -141,6 +168,11 @@ _ACCESSORS: dict[str, tuple[str, str | None]] = {
     "as_kv_get_recurse": ("consul.kv_get", "items"),
     "as_kv_get_keys": ("consul.kv_get", "keys"),
     "as_kv_put": ("consul.kv_put", None),
+    "as_kv_delete": ("consul.kv_delete", None),
+    "as_txn": ("consul.txn", None),
+    "as_session_create": ("consul.session_create", None),
+    "as_session_renew": ("consul.session_renew", None),
+    "as_session_destroy": ("consul.session_destroy", None),
     "as_register": ("consul.register", None),
     "as_deregister": ("consul.deregister", None),
 }

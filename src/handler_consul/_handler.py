@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from uuid import UUID
 
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
 from handler_consul._clock import Clock, Sleep, monotonic
+from handler_consul._coordination import Calls, Updater, kv_update, watch
 from handler_consul._effects import EnvelopeEffects
 from handler_consul._envelope import Envelope, HandlerResponse
 from handler_consul._errors import (
@@ -27,9 +28,11 @@ from handler_consul._errors import (
     make_context,
 )
 from handler_consul._lifecycle import Lifecycle
+from handler_consul._locks import LockContext, lock_request
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
 from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
+from handler_consul._results import WatchResult
 from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
 from handler_consul._settings import BreakerSettings, ConsulSettings
@@ -70,6 +73,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
         self._telemetry: Telemetry | None = None
+        self._calls = Calls(self._call, lambda: self._lifecycle.runtime, clock, rng)
         if tracer_provider is not None or meter_provider is not None:
             self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
@@ -171,6 +175,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         envelope: Envelope | Mapping[str, Any],
         started: float,
         observer: AttemptObserver | None,
+        closing_ok: bool = False,
     ) -> HandlerResponse:
         lifecycle = self._lifecycle
         runtime = lifecycle.runtime
@@ -191,6 +196,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         correlation_id = env.correlation_id or _new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()
+        if closing_ok and lifecycle.state == "shutting_down":
+            refusal = None  # shutdown's own cleanup (releasing locks) while the pools work
         if runtime is None or refusal is not None:
             raise InfraUnavailableError(
                 refusal or _NOT_INITIALIZED,
@@ -248,6 +255,72 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             self._telemetry,
             self._clock,
         )
+
+    # -- KV coordination -------------------------------------------------------------------
+
+    def lock(
+        self,
+        key: str,
+        *,
+        ttl: str = "15s",
+        wait: float = 30.0,
+        lock_delay: str = "15s",
+        value: str | bytes = "",
+    ) -> LockContext:
+        """``async with handler.lock(key) as lease``: a session holding ``key``.
+
+        Waits up to ``wait`` seconds on a blocking query while someone else holds it
+        (InfraLockTimeoutError after). ``lease.fencing_token`` strictly increases across
+        every holder of the key; ``lease.lost`` is set when the lock can no longer be
+        trusted. Released on exit, on cancellation and at shutdown().
+        See docs/patterns/kv_coordination.md.
+        """
+        request = lock_request(key=key, ttl=ttl, wait=wait, lock_delay=lock_delay, value=value)
+        return LockContext(self._calls, request)
+
+    async def kv_update(self, key: str, fn: Updater, *, max_attempts: int = 10) -> str | bytes:
+        """Read-modify-write with CAS: store ``fn(current)``, where ``current`` is the value
+        (text, or bytes when not UTF-8) or None; retried on a CAS miss, InfraConflictError
+        after ``max_attempts``. Returns the stored value."""
+        return await kv_update(self._calls, key, fn, max_attempts=max_attempts)
+
+    def watch(
+        self,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        service: str | None = None,
+        wait: float = 60.0,
+    ) -> AsyncIterator[WatchResult]:
+        """``async for change in handler.watch(key=...)``: the state now, then each change of
+        the key, prefix or service (one of them), by blocking queries in the long-poll pool.
+        Rides out transient failures; ends at shutdown()."""
+        given = {"key": key, "prefix": prefix, "service": service}
+        chosen = {kind: target for kind, target in given.items() if target is not None}
+        # One target; none, or two, is refused by consul.watch's rules, naming the field.
+        payload = {"kind": next(iter(chosen), "key"), **chosen}
+        return watch(self._calls, payload, wait=wait)
+
+    async def _call(
+        self,
+        operation: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        closing: bool = False,
+    ) -> dict[str, Any]:
+        """One operation for the Python APIs above, exactly as execute() runs it; with
+        ``closing``, also while shutdown releases what is held."""
+        envelope: dict[str, Any] = {"operation": operation, "payload": payload}
+        if timeout is not None:
+            envelope["timeout_seconds"] = timeout
+        started = self._clock()
+        try:
+            response = await self._execute(envelope, started, None, closing)
+        except InfraError as error:
+            log_envelope_failure(error, self._clock() - started)
+            raise
+        return response.result
 
     # -- introspection -------------------------------------------------------------------
 

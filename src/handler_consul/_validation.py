@@ -20,24 +20,32 @@ from pydantic import AfterValidator
 
 __all__ = [
     "DEFAULT_CHECK_POLICY",
+    "LOCK_DELAY_MAX_SECONDS",
     "MAX_KEY_LENGTH",
     "MAX_META_KEY_LENGTH",
     "MAX_META_PAIRS",
     "MAX_META_VALUE_LENGTH",
     "MAX_VALUE_BYTES",
+    "SESSION_TTL_MAX_SECONDS",
+    "SESSION_TTL_MIN_SECONDS",
     "UINT64_MAX",
+    "CheckId",
     "CheckPolicy",
     "Duration",
     "KvKey",
     "KvPrefix",
+    "LockDelay",
+    "NodeName",
     "ServiceAddress",
     "ServiceId",
     "ServiceName",
     "SessionId",
+    "SessionTtl",
     "Tag",
     "Text",
     "check_meta",
     "check_text",
+    "duration_seconds",
 ]
 
 # Consul's default kv_max_value_size (limits.kv_max_value_size) is 512 KiB.
@@ -57,6 +65,17 @@ _SESSION_ID = re.compile(
 )
 # Go's time.ParseDuration syntax, which is what Consul parses check intervals with.
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Consul's bounds for a session: session_ttl_min (default 10s) to 24h, and a lock-delay it
+# caps at 60s (a larger one would be cut silently, so it is refused instead).
+SESSION_TTL_MIN_SECONDS = 10.0
+SESSION_TTL_MAX_SECONDS = 86400.0
+LOCK_DELAY_MAX_SECONDS = 60.0
+# Node names and check IDs travel in a JSON body, not a path; still, only what Consul itself
+# produces is accepted, so a typo is caught here rather than as a session bound to nothing.
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/ -]{0,127}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
@@ -182,6 +201,43 @@ def _duration(value: str) -> str:
     return value
 
 
+def duration_seconds(value: str) -> float:
+    """A Go duration (already checked by :data:`Duration`) in seconds."""
+    return sum(
+        float(number) * _DURATION_UNIT[unit] for number, unit in _DURATION_PART.findall(value)
+    )
+
+
+def _session_ttl(value: str) -> str:
+    seconds = duration_seconds(_duration(value))
+    if not SESSION_TTL_MIN_SECONDS <= seconds <= SESSION_TTL_MAX_SECONDS:
+        raise ValueError("must be between 10s and 24h (86400s), Consul's bounds for a session")
+    return value
+
+
+def _lock_delay(value: str) -> str:
+    if duration_seconds(_duration(value)) > LOCK_DELAY_MAX_SECONDS:
+        raise ValueError("must be at most 60s (Consul caps a session's lock-delay there)")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _check_id(value: str) -> str:
+    if not _CHECK_ID.fullmatch(value) or value.endswith(" "):
+        raise ValueError(
+            "must be 1-128 letters, digits, '.', '_', ':', '@', '/', '-' or spaces, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
 def _tag(value: str) -> str:
     if not value or len(value) > 255 or not _printable(value):
         raise ValueError("must be 1-255 printable characters")
@@ -218,6 +274,10 @@ ServiceName = Annotated[str, AfterValidator(_service_name)]
 ServiceAddress = Annotated[str, AfterValidator(_address)]
 SessionId = Annotated[str, AfterValidator(_session)]
 Duration = Annotated[str, AfterValidator(_duration)]
+SessionTtl = Annotated[str, AfterValidator(_session_ttl)]
+LockDelay = Annotated[str, AfterValidator(_lock_delay)]
+NodeName = Annotated[str, AfterValidator(_node_name)]
+CheckId = Annotated[str, AfterValidator(_check_id)]
 Tag = Annotated[str, AfterValidator(_tag)]
 Text = Annotated[str, AfterValidator(check_text)]
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-__all__ = ["Cached", "Effects", "StaleAnswer"]
+__all__ = ["Cached", "Effects", "StaleAnswer", "next_index", "wait_text"]
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -22,6 +22,20 @@ P = TypeVar("P")
 Run = Callable[[Any, P], Coroutine[Any, Any, T]]
 # One blocking round: (client, (index, wait)) -> (X-Consul-Index, result).
 Fetch = Callable[[Any, tuple[int, str]], Coroutine[Any, Any, tuple[int, T]]]
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The ``index`` of the next round, from the last one sent and the X-Consul-Index
+    returned, by Consul's rules: backwards resets to 0; below 1 becomes 1."""
+    returned = max(returned, 0)  # an unsigned integer in Consul; anything else is garbage
+    if returned < previous:
+        return 0
+    return max(returned, 1)
+
+
+def wait_text(seconds: float) -> str:
+    """Consul's duration syntax for ``wait``: whole milliseconds (``"1500ms"``)."""
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,11 @@ class Effects(Protocol):
     @property
     def state(self) -> dict[str, Any]:
         """Scratch space that lives as long as the runtime (round-robin positions, ...)."""
+
+    @property
+    def min_interval_seconds(self) -> float:
+        """``long_poll.min_interval_seconds``: the least time between two blocking rounds on
+        one target when the first came straight back."""
 
     async def call(
         self, run: Run[P, T], payload: P, *, idempotent: bool = True, name: str | None = None

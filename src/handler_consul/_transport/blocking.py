@@ -30,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -126,7 +126,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("GET", path, params, None))
+        return callback(self.request("GET", path, params, None, accept=_accepted(callback)))
 
     def put(
         self,
@@ -136,7 +136,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("PUT", path, params, data))
+        return callback(self.request("PUT", path, params, data, accept=_accepted(callback)))
 
     def delete(
         self,
@@ -146,7 +146,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("DELETE", path, params, data))
+        return callback(self.request("DELETE", path, params, data, accept=_accepted(callback)))
 
     def post(
         self,
@@ -156,7 +156,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("POST", path, params, data))
+        return callback(self.request("POST", path, params, data, accept=_accepted(callback)))
 
     # -- connections ---------------------------------------------------------------------
 
@@ -215,11 +215,21 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return target
 
     def request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        *,
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
-        """One request under one deadline: a Response, or a TransportError from nothing."""
+        """One request under one deadline: a Response, or a TransportError from nothing.
+
+        ``accept`` names error statuses the caller interprets itself (a transaction's 409
+        carries which operation failed); they come back as a Response, whole.
+        """
         try:
-            return self._request(method, path, params, data)
+            return self._request(method, path, params, data, accept)
         except TransportError as exc:
             error = exc
         # Raised outside the except block and without its traceback so far: no __context__
@@ -230,7 +240,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         raise error.with_traceback(None)
 
     def _request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        accept: Collection[int],
     ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -277,7 +292,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         else:
             self._checkin(conn)
         status = response.status
-        if status >= 400 and status != 404:
+        if status >= 400 and status != 404 and status not in accept:
             # A server that echoes the request (a proxy's error page, say) would hand the
             # token back in the body: it is redacted before the error exists.
             answer = redact(_text(content), self._token)
@@ -306,6 +321,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             # connection's position in the stream is unknown, so it is not reused.
             response.will_close = True
         return response, content
+
+
+def _accepted(callback: Callable[..., Any]) -> Collection[int]:
+    """The error statuses a callback interprets itself (its ``accept_statuses``)."""
+    accept: Collection[int] = getattr(callback, "accept_statuses", ())
+    return accept
 
 
 def _send(
