@@ -59,6 +59,12 @@ class EnvelopeEffects:
         self.attempts = 0
 
     @property
+    def runtime(self) -> Runtime:
+        """The runtime served from: background work (``runtime.long_polls.spawn``) and
+        shutdown cleanups (``runtime.add_closer``) belong to it."""
+        return self._runtime
+
+    @property
     def datacenter(self) -> str | None:
         return self._fields.datacenter
 

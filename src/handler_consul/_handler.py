@@ -227,6 +227,35 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             round(duration * 1000.0, 3),
         )
 
+    def _effects(
+        self, name: str, *, datacenter: str | None = None, timeout: float | None = None
+    ) -> EnvelopeEffects:
+        """Effects for a Python-level call (a lock, a watch, ``kv_update``, a lease): the
+        same breaker, retries, pools and translation an envelope of ``name`` gets, with
+        ``timeout`` (default ``timeout_seconds``) as its deadline. Raises
+        InfraUnavailableError when the handler is not running."""
+        lifecycle = self._lifecycle
+        runtime = lifecycle.runtime
+        settings = runtime.settings if runtime is not None else self._base_settings
+        datacenter = datacenter or (settings.datacenter if settings else None)
+        target = f"consul.{datacenter or 'default'}"
+        fields = ContextFields(name, _new_correlation_id(), target, datacenter)
+        refusal = lifecycle.refusal()
+        if runtime is None or refusal is not None:
+            raise InfraUnavailableError(
+                refusal or _NOT_INITIALIZED,
+                context=make_context(fields, InfraUnavailableError, attempts=0),
+            )
+        deadline = self._clock() + (timeout or runtime.settings.timeout_seconds)
+        return EnvelopeEffects(
+            runtime,
+            self.circuit_breaker(datacenter),
+            fields,
+            deadline,
+            self._telemetry,
+            self._clock,
+        )
+
     # -- KV coordination -------------------------------------------------------------------
 
     def lock(

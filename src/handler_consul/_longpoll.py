@@ -81,6 +81,7 @@ class LongPolls:
             # request would take; callers with a deadline give up sooner.
             max_wait_seconds=request_timeout,
             max_queued=settings.max_watches * 4,
+            name="handler-consul-watch",
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -131,10 +132,10 @@ class LongPolls:
         return {**self.pool.snapshot(), "background_tasks": len(self._tasks)}
 
     def close(self) -> None:
-        """Stop taking work, cancel background tasks and close idle connections.
-
-        Never joins a thread: a worker inside a blocking query returns by its deadline, into
-        a closed pool. :meth:`aclose` also waits for the cancelled tasks to finish.
+        """Stop taking work, cancel background tasks, end the blocking queries in flight
+        (their sockets are shut down, so their threads return now rather than at the end of
+        their wait) and close idle connections. Never joins a thread. :meth:`aclose` also
+        waits for the cancelled tasks to finish.
         """
         if self.closed:
             return
@@ -143,6 +144,7 @@ class LongPolls:
             task.cancel()
         self.pool.close()
         self.client.http.close()
+        self.client.http.abort_in_flight()
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait (briefly) for the cancelled tasks to unwind."""

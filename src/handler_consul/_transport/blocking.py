@@ -23,8 +23,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
+import socket
 import ssl
 import threading
 import time
@@ -84,6 +86,8 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Connections whose request is sent and whose answer is awaited (abort_in_flight).
+        self._receiving: set[http.client.HTTPConnection] = set()
         self._local = threading.local()
         self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
@@ -187,6 +191,21 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         for conn in idle:
             conn.close()
 
+    def abort_in_flight(self) -> None:
+        """End every request waiting for its answer now, from any thread: their sockets are
+        shut down, so each worker's read fails at once instead of at its deadline.
+
+        For the long-poll transport at shutdown: a blocking query would otherwise hold its
+        thread for the rest of its wait. Their outcome is reported as unknown (sent).
+        """
+        with self._lock:
+            waiting = list(self._receiving)
+        for conn in waiting:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     # -- one request ---------------------------------------------------------------------
 
     def _target(self, path: str, params: Params) -> str:
@@ -257,12 +276,17 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
                 conn.close()
                 raise _failure(exc, where, timeout, request_sent=False) from None
             break
+        with self._lock:
+            self._receiving.add(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
             conn.close()
             # Sent: Consul may have applied it. Re-sending is the caller's decision.
             raise _failure(exc, where, timeout, request_sent=True) from None
+        finally:
+            with self._lock:
+                self._receiving.discard(conn)
         if response.will_close:
             conn.close()
         else:
