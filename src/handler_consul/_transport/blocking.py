@@ -88,6 +88,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._closed = False
         # Connections whose request is sent and whose answer is awaited (abort_in_flight).
         self._receiving: set[http.client.HTTPConnection] = set()
+        self._aborting = False
         self._local = threading.local()
         self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
@@ -199,12 +200,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         thread for the rest of its wait. Their outcome is reported as unknown (sent).
         """
         with self._lock:
+            # A worker between its checkout and its first read is not in _receiving yet: the
+            # flag makes it end its request itself, so none slips through and blocks.
+            self._aborting = True
             waiting = list(self._receiving)
         for conn in waiting:
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            _shut_down(conn)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         path: str,
         params: Params,
         data: str | bytes | None,
-        accept: Collection[int],
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -278,6 +279,9 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             break
         with self._lock:
             self._receiving.add(conn)
+            aborting = self._aborting
+        if aborting:
+            _shut_down(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
@@ -321,6 +325,14 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             # connection's position in the stream is unknown, so it is not reused.
             response.will_close = True
         return response, content
+
+
+def _shut_down(conn: http.client.HTTPConnection) -> None:
+    """End a request's wait for its answer: its read fails at once."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _accepted(callback: Callable[..., Any]) -> Collection[int]:
