@@ -16,7 +16,12 @@ import pytest
 from harness import ConsulAgent
 from support import envelope, execute_ok, uniq
 
-from handler_consul import HandlerConsul, InfraConflictError, InfraUnavailableError
+from handler_consul import (
+    HandlerConsul,
+    InfraConflictError,
+    InfraUnavailableError,
+    InfraValidationError,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
@@ -325,9 +330,22 @@ async def test_kv_update_raises_a_typed_error_when_every_attempt_loses(handler, 
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5])
-async def test_kv_update_refuses_a_bad_max_attempts(handler, bad):
-    with pytest.raises(ValueError, match="max_attempts"):
+async def test_kv_update_refuses_a_bad_max_attempts_by_name_before_sending(
+    make_handler, consul_agent, counting_proxy_for, bad
+):
+    proxy = counting_proxy_for(consul_agent)
+    handler = await make_handler(proxy)
+    proxy.reset()
+    with pytest.raises(InfraValidationError) as caught:
         await handler.kv_update("k", lambda v: "x", max_attempts=bad)
+    assert caught.value.context.field == "max_attempts"
+    assert proxy.requests == 0
+
+
+async def test_watch_on_a_handler_that_is_not_running_raises():
+    changes = HandlerConsul().watch(key="k")
+    with pytest.raises(InfraUnavailableError, match="not initialized"):
+        await anext(changes)
 
 
 async def test_kv_update_refuses_a_value_that_is_not_text_or_bytes(handler):

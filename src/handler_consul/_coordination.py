@@ -149,13 +149,20 @@ def lock_request(**arguments: Any) -> LockRequest:
         errors = exc.errors(include_input=False, include_url=False, include_context=False)
         # The first part names the argument; the rest are pydantic's union tags.
         field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "lock"
-        fields = ContextFields("lock", None, "consul.default", None)
-        problem = InfraValidationError(
-            f"invalid lock(): {field}: {errors[0]['msg']}",
-            context=make_context(fields, InfraValidationError, attempts=0, field=field),
-            errors=[{"field": field, "type": errors[0]["type"], "message": errors[0]["msg"]}],
-        )
+        problem = _argument_error("lock", field, errors[0]["msg"], errors[0]["type"])
     raise problem
+
+
+def _argument_error(
+    api: str, argument: str, message: str, kind: str = "value_error"
+) -> InfraValidationError:
+    """A Python API's bad argument, as an envelope's bad field is reported: nothing sent."""
+    fields = ContextFields(api, None, "consul.default", None)
+    return InfraValidationError(
+        f"invalid {api}(): {argument}: {message}",
+        context=make_context(fields, InfraValidationError, attempts=0, field=argument),
+        errors=[{"field": argument, "type": kind, "message": message}],
+    )
 
 
 # -- kv_update -------------------------------------------------------------------------------
@@ -182,7 +189,7 @@ async def kv_update(calls: Calls, key: str, fn: Updater, *, max_attempts: int = 
     may run more than once: it must not have side effects of its own.
     """
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError("max_attempts must be an int of at least 1")
+        raise _argument_error("kv_update", "max_attempts", "must be an int of at least 1")
     ceiling = _CAS_BACKOFF_FIRST
     for attempt in range(1, max_attempts + 1):
         got = await calls.call("consul.kv_get", {"key": key})
@@ -237,6 +244,9 @@ async def watch(
     chosen = {kind: target for kind, target in targets.items() if target is not None}
     # One target; none, or two, is refused by consul.watch's rules, naming the field.
     payload = {"kind": next(iter(chosen), "key"), **chosen}
+    if calls.runtime() is None:
+        # Not running: the step says so (InfraUnavailableError), as execute() would.
+        await calls.call("consul.watch", payload)
     index = 0
     last: Any = _NOTHING
     retry = _WATCH_RETRY_FIRST

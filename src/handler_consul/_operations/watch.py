@@ -43,6 +43,9 @@ MAX_WATCH_WAIT_SECONDS = 600.0
 # Where the runtime's scratch space keeps each watch target's last step (the rate limit).
 _STEPS = "watch_steps"
 _TARGET_FIELD = {"key": "key", "prefix": "prefix", "service": "service"}
+# Targets whose last step came straight back are remembered; past this many, the ones whose
+# interval is over are forgotten (a process locking many distinct keys must not grow it).
+_MAX_REMEMBERED = 256
 
 
 class WatchPayload(BaseModel):
@@ -165,7 +168,14 @@ async def serve_watch(effects: Effects, payload: WatchPayload) -> WatchResult:
     returned, result = await effects.long_poll(
         watch_round, _step(payload), wait_seconds=payload.wait if sent else 1.0
     )
-    steps[target] = (started, time.monotonic() - started < interval)
+    if time.monotonic() - started < interval:
+        steps[target] = (started, True)
+        if len(steps) > _MAX_REMEMBERED:
+            # Only steps that came back within the interval matter, and only for that long.
+            for old in [t for t, (at, _) in steps.items() if at + interval < started]:
+                del steps[old]
+    else:
+        steps.pop(target, None)
     return _stepped(sent, returned, result)
 
 
