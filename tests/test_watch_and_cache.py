@@ -395,3 +395,15 @@ async def test_a_service_step_blocks_until_its_instances_change(handler, consul_
     finally:
         for service_id in (first_id, second_id):
             consul_agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+
+
+async def test_the_rate_limit_remembers_a_bounded_number_of_targets(handler):
+    """Steps on 300 distinct keys that all come straight back (index 0): the memory the rate
+    limit keeps stays bounded, so a process watching or locking ever new keys does not grow."""
+    prefix = uniq("watch")
+    for i in range(300):
+        await execute_ok(handler, "watch", kind="key", key=f"{prefix}/{i}")
+        await asyncio.sleep(0.001)
+    runtime = handler._lifecycle.runtime
+    assert runtime is not None
+    assert len(runtime.state["watch_steps"]) <= 257
