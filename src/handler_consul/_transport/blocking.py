@@ -47,7 +47,7 @@ from handler_consul._transport.errors import (
 )
 from handler_consul._transport.response import ConsulHTTPResponse
 
-__all__ = ["ConsulTransport", "TransportConfig"]
+__all__ = ["ConsulTransport", "InFlight", "TransportConfig"]
 
 T = TypeVar("T")
 Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
@@ -55,6 +55,44 @@ Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
 # A write that fails with one of these on a reused connection failed because the server had
 # already closed it: nothing of the request can have been read by Consul.
 _DEAD_CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class InFlight:
+    """One caller's handle on the request a worker is waiting on, so the caller can end it.
+
+    A blocking query holds its thread for its whole wait; when the caller gives up (its task
+    is cancelled), :meth:`abort` shuts the socket down so the worker returns now. Any
+    request of the same call that has not been sent yet is refused.
+    """
+
+    __slots__ = ("_conn", "_lock", "aborted")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self.aborted = False
+
+    def attach(self, conn: http.client.HTTPConnection) -> bool:
+        """Called by the worker once ``conn`` awaits its answer; False if already aborted."""
+        with self._lock:
+            if self.aborted:
+                return False
+            self._conn = conn
+            return True
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def abort(self) -> None:
+        """From any thread: end the request being waited on, and any later one."""
+        with self._lock:
+            self.aborted = True
+            conn, self._conn = self._conn, None
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 # python-consul2 ships no types, hence the ignore.
@@ -100,6 +138,10 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
 
     # -- per-request timeout ------------------------------------------------------------
+
+    def set_call(self, call: InFlight | None) -> None:
+        """Let ``call`` abort the requests this thread makes next (see :class:`InFlight`)."""
+        self._local.call = call
 
     def set_request_deadline(self, deadline: float | None) -> None:
         """Bound the requests this thread makes next by an absolute ``time.monotonic()``
@@ -278,6 +320,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             break
         with self._lock:
             self._receiving.add(conn)
+        call: InFlight | None = getattr(self._local, "call", None)
+        if call is not None and not call.attach(conn):
+            with self._lock:
+                self._receiving.discard(conn)
+            conn.close()
+            raise TransportConnectionError(f"{where}: abandoned by its caller", request_sent=True)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
@@ -287,6 +335,8 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         finally:
             with self._lock:
                 self._receiving.discard(conn)
+            if call is not None:
+                call.detach()
         if response.will_close:
             conn.close()
         else:
