@@ -1,6 +1,6 @@
 """HTTP to Consul: the transport python-consul2's endpoint classes run over, and its errors."""
 
-from handler_consul._transport.blocking import ConsulTransport, InFlight, TransportConfig
+from handler_consul._transport.blocking import ConsulTransport, TransportConfig
 from handler_consul._transport.errors import (
     HTTPStatusError,
     ResponseTooLarge,
@@ -8,6 +8,7 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight
 
 __all__ = [
     "ConsulTransport",

@@ -23,10 +23,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import select
-import socket
 import ssl
 import threading
 import time
@@ -45,9 +43,10 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight, shut_down
 from handler_consul._transport.response import ConsulHTTPResponse
 
-__all__ = ["ConsulTransport", "InFlight", "TransportConfig"]
+__all__ = ["ConsulTransport", "TransportConfig"]
 
 T = TypeVar("T")
 Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
@@ -55,44 +54,6 @@ Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
 # A write that fails with one of these on a reused connection failed because the server had
 # already closed it: nothing of the request can have been read by Consul.
 _DEAD_CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-
-
-class InFlight:
-    """One caller's handle on the request a worker is waiting on, so the caller can end it.
-
-    A blocking query holds its thread for its whole wait; when the caller gives up (its task
-    is cancelled), :meth:`abort` shuts the socket down so the worker returns now. Any
-    request of the same call that has not been sent yet is refused.
-    """
-
-    __slots__ = ("_conn", "_lock", "aborted")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
-        self.aborted = False
-
-    def attach(self, conn: http.client.HTTPConnection) -> bool:
-        """Called by the worker once ``conn`` awaits its answer; False if already aborted."""
-        with self._lock:
-            if self.aborted:
-                return False
-            self._conn = conn
-            return True
-
-    def detach(self) -> None:
-        with self._lock:
-            self._conn = None
-
-    def abort(self) -> None:
-        """From any thread: end the request being waited on, and any later one."""
-        with self._lock:
-            self.aborted = True
-            conn, self._conn = self._conn, None
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 # python-consul2 ships no types, hence the ignore.
@@ -126,6 +87,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._closed = False
         # Connections whose request is sent and whose answer is awaited (abort_in_flight).
         self._receiving: set[http.client.HTTPConnection] = set()
+        self._aborting = False
         self._local = threading.local()
         self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
@@ -241,12 +203,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         thread for the rest of its wait. Their outcome is reported as unknown (sent).
         """
         with self._lock:
+            # A worker between its checkout and its first read is not in _receiving yet: the
+            # flag makes it end its request itself, so none slips through and blocks.
+            self._aborting = True
             waiting = list(self._receiving)
         for conn in waiting:
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            shut_down(conn)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -287,7 +249,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         path: str,
         params: Params,
         data: str | bytes | None,
-        accept: Collection[int],
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -320,12 +282,15 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             break
         with self._lock:
             self._receiving.add(conn)
+            aborting = self._aborting
         call: InFlight | None = getattr(self._local, "call", None)
         if call is not None and not call.attach(conn):
             with self._lock:
                 self._receiving.discard(conn)
             conn.close()
             raise TransportConnectionError(f"{where}: abandoned by its caller", request_sent=True)
+        if aborting:
+            shut_down(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
