@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "_transport.errors": 2,
     "_transport.response": 2,
     "_transport.connections": 2,
+    "_transport.inflight": 2,
     "_transport.blocking": 3,
     "_transport": 4,
     "_client": 5,

@@ -23,10 +23,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import select
-import socket
 import ssl
 import threading
 import time
@@ -45,6 +43,7 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight, shut_down
 from handler_consul._transport.response import ConsulHTTPResponse
 
 __all__ = ["ConsulTransport", "TransportConfig"]
@@ -101,6 +100,10 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
 
     # -- per-request timeout ------------------------------------------------------------
+
+    def set_call(self, call: InFlight | None) -> None:
+        """Let ``call`` abort the requests this thread makes next (see :class:`InFlight`)."""
+        self._local.call = call
 
     def set_request_deadline(self, deadline: float | None) -> None:
         """Bound the requests this thread makes next by an absolute ``time.monotonic()``
@@ -205,7 +208,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             self._aborting = True
             waiting = list(self._receiving)
         for conn in waiting:
-            _shut_down(conn)
+            shut_down(conn)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -280,8 +283,14 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         with self._lock:
             self._receiving.add(conn)
             aborting = self._aborting
+        call: InFlight | None = getattr(self._local, "call", None)
+        if call is not None and not call.attach(conn):
+            with self._lock:
+                self._receiving.discard(conn)
+            conn.close()
+            raise TransportConnectionError(f"{where}: abandoned by its caller", request_sent=True)
         if aborting:
-            _shut_down(conn)
+            shut_down(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
@@ -291,6 +300,8 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         finally:
             with self._lock:
                 self._receiving.discard(conn)
+            if call is not None:
+                call.detach()
         if response.will_close:
             conn.close()
         else:
@@ -325,14 +336,6 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             # connection's position in the stream is unknown, so it is not reused.
             response.will_close = True
         return response, content
-
-
-def _shut_down(conn: http.client.HTTPConnection) -> None:
-    """End a request's wait for its answer: its read fails at once."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _accepted(callback: Callable[..., Any]) -> Collection[int]:
