@@ -206,6 +206,13 @@ BAD_PAYLOADS = [
     case("watch", {"kind": "key", "key": "k", "wait": 601}, "payload.wait", "wait-over-10m"),
     case("watch", {"kind": "key", "key": "k", "wait": "5s"}, "payload.wait", "wait-str"),
     case("watch", {"kind": "key", "key": "k", "recurse": True}, "payload.recurse", "unknown"),
+    case("watch", {"kind": "key", "key": "k", "consistency": "cached"}, "payload.consistency", "c"),
+    case(
+        "watch",
+        {"kind": "service", "service": "s", "consistency": "stale"},
+        "payload.consistency",
+        "stale-service",
+    ),
     # kv_get's cached consistency: the other fields keep their rules
     case("kv_get", {"key": "a/../b", "consistency": "cached"}, "payload.key", "cached-traversal"),
     case("kv_get", {"key": "a", "consistency": "Cached"}, "payload.consistency", "cached-case"),

@@ -251,14 +251,17 @@ async def watch(
     last: Any = _NOTHING
     retry = _WATCH_RETRY_FIRST
     state = _Watch()
-    unregister: Callable[[], None] | None = None
+    registered: tuple[Host, Callable[[], None]] | None = None
     try:
         while not state.stopped:
             runtime = calls.runtime()
             if runtime is None:
-                return
-            if unregister is None:
-                unregister = stop_on_shutdown(runtime, state)
+                return  # shut down
+            if registered is None or registered[0] is not runtime:
+                # First step, or a re-initialize replaced the runtime: its shutdown ends us.
+                if registered is not None:
+                    registered[1]()
+                registered = runtime, stop_on_shutdown(runtime, state)
             step_payload = {**payload, "index": index, "wait": wait}
             state.step = asyncio.ensure_future(calls.call("consul.watch", step_payload))
             try:
@@ -268,11 +271,11 @@ async def watch(
                     return  # shutdown ended the step, not our caller
                 raise
             except (InfraConnectionError, InfraUnavailableError):
+                index = 0  # the agent that answers next may be behind: read afresh
                 if calls.runtime() is not runtime:
-                    return  # shut down (or replaced) under us
+                    continue  # shut down, or re-initialized: the loop's top tells which
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _WATCH_RETRY_MAX)
-                index = 0  # the agent that answers next may be behind: read afresh
                 continue
             finally:
                 state.step = None
@@ -283,8 +286,8 @@ async def watch(
                 last = content
                 yield {"index": step["index"], "changed": True, "result": step["result"]}
     finally:
-        if unregister is not None:
-            unregister()
+        if registered is not None:
+            registered[1]()
         if state.step is not None:
             state.step.cancel()
 

@@ -1,23 +1,11 @@
 """Locks with fencing tokens: ``async with handler.lock(key) as lease``.
 
-A lock is a key held by a Consul session (docs/patterns/kv_coordination.md says why each
-step is there):
-
-- **acquire**: a session (its TTL, lock-delay, ``release`` behaviour), then a transaction
-  that locks the key with it. The transaction's Raft index is the lease's
-  ``fencing_token``: every later acquisition of the key, by anyone, is a later Raft write,
-  so tokens strictly increase across holders, processes and restarts.
-- **wait**: while another session holds the key, a blocking query on it (a ``consul.watch``
-  step in the long-poll pool) sleeps until the key changes; no polling. Only a key that
-  looks free yet refuses the lock (Consul's lock-delay after an invalidated session) is
-  retried on a short backoff. ``wait`` seconds later: :class:`InfraLockTimeoutError`.
-- **hold**: the session is renewed every ttl/2 from its creation, and a blocking query
-  follows the key. ``lease.lost`` is set when a renewal finds the session gone, when the
-  key shows another session or none, or once ``ttl`` has passed since the last renewal that
-  succeeded was sent: Consul waits up to twice the TTL before invalidating, so the holder
-  always stops believing first.
-- **release**: on exit, also on cancellation and at ``shutdown()``: ``lost`` is set, the key
-  released, the session destroyed (released first, so no lock-delay holds up the next).
+Acquire: a session, then a transaction that locks the key with it; its Raft index is the
+``fencing_token``. Wait: a blocking query on the key, never polling (a backoff only for a
+free key that refuses the lock: lock-delay). Hold: renewals every ttl/2 and a query that
+follows the key; ``lost`` when the session is gone, the key changes hands, or ttl passed
+since the last renewal that succeeded was sent (Consul waits up to twice the ttl). Release:
+on exit, cancellation and shutdown. docs/patterns/kv_coordination.md says why.
 """
 
 from __future__ import annotations
@@ -30,6 +18,7 @@ from typing import Any, TypeVar
 from handler_consul._coordination import Calls, LockRequest, stop_on_shutdown
 from handler_consul._errors import (
     ContextFields,
+    InfraConnectionError,
     InfraError,
     InfraLockTimeoutError,
     InfraUnavailableError,
@@ -46,7 +35,7 @@ E = TypeVar("E", bound=InfraError)
 # A key that looks free but refuses the lock is retried after this, doubling up to the cap.
 _REFUSED_FIRST, _REFUSED_MAX = 0.05, 1.0
 # A failed blocking round on a held key is retried after this, doubling up to the cap.
-_FOLLOW_RETRY_FIRST, _FOLLOW_RETRY_MAX = 0.05, 2.0
+_FOLLOW_RETRY_FIRST, _FOLLOW_RETRY_MAX = 1.0, 5.0
 
 
 class Lease:
@@ -64,6 +53,7 @@ class Lease:
         self._request = request
         self._ttl = duration_seconds(request.ttl)
         self._timer: asyncio.TimerHandle | None = None
+        self._expires_at = 0.0  # loop time: when the lease counts as lost unless renewed
         self._tasks: list[asyncio.Task[None]] = []
         self._ending: asyncio.Task[None] | None = None
         self._step: asyncio.Future[dict[str, Any]] | None = None  # a wait for the key
@@ -95,7 +85,8 @@ class Lease:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         why = f"no renewal succeeded within its ttl ({self._request.ttl})"
-        self._timer = loop.call_at(renewed_at + self._ttl, self._lose, why)
+        self._expires_at = renewed_at + self._ttl
+        self._timer = loop.call_at(self._expires_at, self._lose, why)
 
     def _spawn(self, work: Any, name: str) -> None:
         async def run() -> None:
@@ -103,41 +94,67 @@ class Lease:
                 await work
             finally:
                 if self._ending is None:
-                    # Cancelled with its runtime (a re-initialize, or a shutdown that got
-                    # here first): nobody renews the session any more.
-                    self._lose("the handler stopped renewing its session")
+                    # Cancelled with its runtime: a re-initialize moves the lease to the new
+                    # one; a shutdown releases it first, so it never gets here.
+                    asyncio.get_running_loop().call_soon(self._move)
 
         self._tasks.append(self._runtime.long_polls.spawn(run(), name=name))
 
+    def _move(self) -> None:
+        """Carry on renewing (and following the key) in the runtime serving now."""
+        new = self._calls.runtime()
+        if self._ending is not None or new is self._runtime:
+            return
+        if not isinstance(new, Runtime) or new.disposed or new.long_polls.closed:
+            self._lose("the handler stopped renewing its session")
+            return
+        self._unregister()
+        self._runtime, self._tasks = new, []
+        self._unregister = stop_on_shutdown(new, self)
+        # Renewed at once: how long the old runtime's last renewal is ago is not known here.
+        self._spawn(self._renew_forever(asyncio.get_running_loop().time()), f"{self!r} renewal")
+        if self.fencing_token:
+            self._spawn(self._follow(), f"{self!r} follower")
+
     def _keep_alive(self, created_at: float) -> None:
         self._arm(created_at)
-        self._spawn(self._renew_forever(), f"lock {self.key!r} renewal")
+        self._spawn(self._renew_forever(created_at + self._ttl / 2), f"{self!r} renewal")
 
-    async def _renew_forever(self) -> None:
+    async def _renew_forever(self, first_at: float) -> None:
+        """Renew at ``first_at``, then ttl/2 after each renewal was *sent*: a slow answer
+        does not push the next renewal back, so a slow but working link keeps the lease."""
         loop = asyncio.get_running_loop()
         interval = self._ttl / 2
-        pause = interval
+        next_at = first_at
         payload = {"session_id": self.session_id}
         while True:
-            await asyncio.sleep(pause)
+            await asyncio.sleep(max(next_at - loop.time(), 0.0))
             sent = loop.time()
             try:
                 got = await self._calls.call("consul.session_renew", payload, timeout=interval)
             except InfraError:
-                pause = min(interval, 1.0)  # sooner; the timer decides when it is lost
+                # Again halfway to the expiry (the timer decides when it is lost): few tries
+                # through an election, so they do not open the breaker for its whole reset.
+                now = loop.time()
+                next_at = now + max((self._expires_at - now) / 2, 0.5)
                 continue
             if not got["renewed"]:
                 self._lose("its session is gone (expired or destroyed)")
                 return
             self._arm(sent)
-            pause = interval
+            next_at = sent + interval
 
     async def _follow(self) -> None:
-        """A blocking query on the held key: lost once it shows another session or none."""
+        """A blocking query on the held key: lost once it shows another session or none.
+
+        ``stale``: the agent's server answers from its own state, so the query goes on
+        through a leader election (renewals, which need the leader, are what can fail).
+        """
         index, retry = self.fencing_token, _FOLLOW_RETRY_FIRST
+        query = {"kind": "key", "key": self.key, "consistency": "stale"}
         wait = self._runtime.settings.long_poll.wait_seconds
         while True:
-            step_payload = {"kind": "key", "key": self.key, "index": index, "wait": wait}
+            step_payload = {**query, "index": index, "wait": wait}
             try:
                 step = await self._calls.call("consul.watch", step_payload)
             except InfraError:
@@ -173,36 +190,47 @@ class Lease:
         return None
 
     async def _acquire(self, deadline: float) -> bool:
-        """True once held; False if the session died meanwhile (the caller starts over)."""
+        """True once held; False if the session died meanwhile (the caller starts over).
+
+        Transient failures (Consul unreachable or electing a leader, no long-poll thread
+        free, an open breaker) are ridden out until ``deadline``; the last one is raised if
+        the deadline passes while it lasts.
+        """
         clock = self._calls.clock
-        index, free, refused_pause = 0, True, _REFUSED_FIRST
+        index, free, pause = 0, True, _REFUSED_FIRST
         while not self.lost.is_set():
-            if free:
-                token = await self._try_lock()
-                if token is not None and not self.lost.is_set():
-                    self.fencing_token = token
-                    self._spawn(self._follow(), f"lock {self.key!r} follower")
-                    return True
-                index = 0  # refused: look at the key as it is now
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise self._timed_out()
-            step_payload = {
-                "kind": "key",
-                "key": self.key,
-                "index": index,
-                "wait": min(remaining, 600.0),
-            }
-            step = await self._wait_step(step_payload)
+            try:
+                if free:
+                    token = await self._try_lock()
+                    if token is not None and not self.lost.is_set():
+                        self.fencing_token = token
+                        self._spawn(self._follow(), f"lock {self.key!r} follower")
+                        return True
+                    index = 0  # refused: look at the key as it is now
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    raise self._timed_out()
+                wait = min(remaining, 600.0)
+                step = await self._wait_step(
+                    {"kind": "key", "key": self.key, "index": index, "wait": wait}
+                )
+            except (InfraConnectionError, InfraUnavailableError):
+                if self._ending is not None or self._calls.runtime() is None:
+                    raise  # shut down: not a passing failure
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    raise
+                await asyncio.sleep(min(pause, remaining))
+                index, free, pause = 0, True, min(pause * 2, _REFUSED_MAX)
+                continue
             now_free = not step["result"]["session"]
             if now_free and free:
-                # Refused although nobody holds it: the lock-delay of an invalidated session
-                # (or another contender won and already released). Short backoff, not a
-                # blocking query: nothing will change on the key to end one.
-                await asyncio.sleep(min(refused_pause, max(remaining, 0.0)))
-                refused_pause = min(refused_pause * 2, _REFUSED_MAX)
+                # Refused though nobody holds it: an invalidated session's lock-delay (or a
+                # lost race). A backoff: no change on the key would end a blocking query.
+                await asyncio.sleep(min(pause, max(deadline - clock(), 0.0)))
+                pause = min(pause * 2, _REFUSED_MAX)
             else:
-                refused_pause = _REFUSED_FIRST
+                pause = _REFUSED_FIRST
             free, index = now_free, step["index"]
         return False
 
@@ -282,55 +310,35 @@ class Lease:
 _ORPHANS: set[asyncio.Task[Any]] = set()
 
 
+async def _destroy(calls: Calls, session_id: str) -> None:
+    with contextlib.suppress(InfraError):
+        await calls.call("consul.session_destroy", {"session_id": session_id}, closing=True)
+
+
 def _destroy_orphan(calls: Calls, creating: asyncio.Future[dict[str, Any]]) -> None:
     """Destroy the session a cancelled lock() created after all."""
-    if creating.cancelled() or creating.exception() is not None:
-        return
-    destroy = calls.call(
-        "consul.session_destroy", {"session_id": creating.result()["session_id"]}, closing=True
-    )
-
-    async def quietly() -> None:
-        with contextlib.suppress(InfraError):
-            await destroy
-
-    task = asyncio.ensure_future(quietly())
-    _ORPHANS.add(task)
-    task.add_done_callback(_ORPHANS.discard)
-
-
-def _runtime(calls: Calls) -> Runtime | None:
-    runtime = calls.runtime()
-    return runtime if isinstance(runtime, Runtime) else None
+    if not creating.cancelled() and creating.exception() is None:
+        task = asyncio.ensure_future(_destroy(calls, creating.result()["session_id"]))
+        _ORPHANS.add(task)
+        task.add_done_callback(_ORPHANS.discard)
 
 
 async def _new_lease(calls: Calls, request: LockRequest) -> Lease:
-    runtime = _runtime(calls)
     # Consul starts the TTL when it creates the session: the local clock starts before.
     asked_at = asyncio.get_running_loop().time()
-    creating = asyncio.ensure_future(
-        calls.call(
-            "consul.session_create",
-            {
-                "name": f"handler-consul lock {request.key}"[:256],
-                "ttl": request.ttl,
-                "lock_delay": request.lock_delay,
-                "behavior": "release",
-            },
-        )
-    )
+    session = {"ttl": request.ttl, "lock_delay": request.lock_delay, "behavior": "release"}
+    name = f"handler-consul lock {request.key}"[:256]
+    creating = asyncio.ensure_future(calls.call("consul.session_create", {"name": name, **session}))
     try:
         created = await asyncio.shield(creating)
     except asyncio.CancelledError:
         # The request goes on: a session it creates is destroyed, not left to its TTL.
         creating.add_done_callback(lambda done: _destroy_orphan(calls, done))
         raise
-    if runtime is None or _runtime(calls) is not runtime:
-        # Shut down (or re-initialized) while the session was being created.
-        with contextlib.suppress(InfraError):
-            await calls.call(
-                "consul.session_destroy", {"session_id": created["session_id"]}, closing=True
-            )
+    runtime = calls.runtime()
+    if not isinstance(runtime, Runtime):
+        # Shut down while the session was being created.
+        await _destroy(calls, created["session_id"])
         fields = ContextFields("lock", None, "consul.default", None)
         raise InfraUnavailableError(
             "lock: the handler shut down while the lock was being acquired",
@@ -343,10 +351,20 @@ async def _new_lease(calls: Calls, request: LockRequest) -> Lease:
 
 async def acquire(calls: Calls, request: LockRequest) -> Lease:
     """A held lease, InfraLockTimeoutError after ``request.wait``, or the error of a request
-    that failed. Whatever happens, no session is left behind but the lease's own."""
+    that failed for good. Whatever happens, no session is left behind but the lease's own."""
     deadline = calls.clock() + request.wait
+    pause = _REFUSED_FIRST
     while True:
-        lease = await _new_lease(calls, request)
+        try:
+            lease = await _new_lease(calls, request)
+        except (InfraConnectionError, InfraUnavailableError):
+            # A passing failure (an election, an open breaker) within the wait is ridden out.
+            remaining = deadline - calls.clock()
+            if calls.runtime() is None or remaining <= 0:
+                raise
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, _REFUSED_MAX)
+            continue
         try:
             if await lease._acquire(deadline):
                 return lease

@@ -60,6 +60,16 @@ class WatchPayload(BaseModel):
     index: int = Field(0, ge=0, le=UINT64_MAX)
     # Seconds Consul may hold the step when nothing changes (its cap is ten minutes).
     wait: float = Field(60.0, gt=0, le=MAX_WATCH_WAIT_SECONDS)
+    # "stale": any server answers from its own state, so a key or prefix watch keeps going
+    # while the cluster elects a leader (at the price of a few milliseconds of lag).
+    consistency: Literal["default", "stale", "consistent"] = "default"
+
+    @field_validator("consistency")
+    @classmethod
+    def _consistency_of_kind(cls, consistency: str, info: ValidationInfo) -> str:
+        if consistency != "default" and info.data.get("kind") == "service":
+            raise ValueError("applies to key and prefix watches")
+        return consistency
 
     @field_validator("key", "prefix", "service")
     @classmethod
@@ -79,7 +89,7 @@ class WatchPayload(BaseModel):
 
     def read(self) -> KvRead:
         """The KV read a key or prefix watch makes."""
-        return KvRead(self.target(), recurse=self.kind == "prefix")
+        return KvRead(self.target(), recurse=self.kind == "prefix", consistency=self.consistency)
 
 
 async def watch_round(client: Any, step: tuple[WatchPayload, int, str | None]) -> tuple[int, Any]:
