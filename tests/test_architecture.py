@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0,
     "_validation": 0,
     "_results": 0,
+    "_balance": 1,  # the endpoint strategies: pure logic over _results' instances
     "_settings_env": 1,
     "_settings": 2,
     "_envelope": 1,
@@ -41,6 +42,7 @@ LAYERS: dict[str, int] = {
     "_operations.settle": 0,
     "_operations.kv": 6,
     "_operations.service": 6,
+    "_operations.discovery": 6,
     "_operations": 7,
     "_translate": 8,
     "_parsing": 8,

@@ -16,10 +16,13 @@ import handler_consul
 EXPECTED_ALL = [
     "BreakerSettings",
     "BreakerState",
+    "CheckUpdateResult",
     "CircuitBreaker",
     "ConsulSettings",
     "CorrelationIdFilter",
     "DeregisterResult",
+    "DiscoverResult",
+    "EndpointResult",
     "Envelope",
     "ErrorContext",
     "HandlerConsul",
@@ -32,6 +35,7 @@ EXPECTED_ALL = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "InstanceWeights",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
@@ -40,6 +44,8 @@ EXPECTED_ALL = [
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
+    "ServiceInstance",
+    "ServicesResult",
     "__version__",
 ]
 

@@ -36,13 +36,19 @@ if TYPE_CHECKING:
     from handler_consul._handler import HandlerConsul
     from handler_consul._log import CorrelationIdFilter
     from handler_consul._results import (
+        CheckUpdateResult,
         DeregisterResult,
+        DiscoverResult,
+        EndpointResult,
+        InstanceWeights,
         KvEntry,
         KvGetKeysResult,
         KvGetRecurseResult,
         KvGetResult,
         KvPutResult,
         RegisterResult,
+        ServiceInstance,
+        ServicesResult,
     )
     from handler_consul._settings import BreakerSettings, ConsulSettings, RetrySettings
 
@@ -52,10 +58,13 @@ logging.getLogger("handler_consul").addHandler(logging.NullHandler())
 __all__ = [
     "BreakerSettings",
     "BreakerState",
+    "CheckUpdateResult",
     "CircuitBreaker",
     "ConsulSettings",
     "CorrelationIdFilter",
     "DeregisterResult",
+    "DiscoverResult",
+    "EndpointResult",
     "Envelope",
     "ErrorContext",
     "HandlerConsul",
@@ -68,6 +77,7 @@ __all__ = [
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
+    "InstanceWeights",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
@@ -76,6 +86,8 @@ __all__ = [
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
+    "ServiceInstance",
+    "ServicesResult",
     "__version__",
 ]
 
@@ -97,13 +109,19 @@ _HOMES: dict[str, str] = {
     "InfraValidationError": "handler_consul._errors",
     "HandlerConsul": "handler_consul._handler",
     "CorrelationIdFilter": "handler_consul._log",
+    "CheckUpdateResult": "handler_consul._results",
     "DeregisterResult": "handler_consul._results",
+    "DiscoverResult": "handler_consul._results",
+    "EndpointResult": "handler_consul._results",
+    "InstanceWeights": "handler_consul._results",
     "KvEntry": "handler_consul._results",
     "KvGetKeysResult": "handler_consul._results",
     "KvGetRecurseResult": "handler_consul._results",
     "KvGetResult": "handler_consul._results",
     "KvPutResult": "handler_consul._results",
     "RegisterResult": "handler_consul._results",
+    "ServiceInstance": "handler_consul._results",
+    "ServicesResult": "handler_consul._results",
     "BreakerSettings": "handler_consul._settings",
     "ConsulSettings": "handler_consul._settings",
     "RetrySettings": "handler_consul._settings",

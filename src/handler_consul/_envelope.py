@@ -14,12 +14,15 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from handler_consul._results import (
+    CheckUpdateResult,
     DeregisterResult,
+    DiscoverResult,
     KvGetKeysResult,
     KvGetRecurseResult,
     KvGetResult,
     KvPutResult,
     RegisterResult,
+    ServicesResult,
 )
 
 __all__ = ["MAX_ENVELOPE_TIMEOUT_SECONDS", "Envelope", "HandlerResponse"]
@@ -123,6 +126,18 @@ class HandlerResponse(BaseModel):
         """The result of a ``consul.deregister``."""
         return cast(DeregisterResult, self._result_for("as_deregister"))
 
+    def as_discover(self) -> DiscoverResult:
+        """The result of a ``consul.discover``."""
+        return cast(DiscoverResult, self._result_for("as_discover"))
+
+    def as_services(self) -> ServicesResult:
+        """The result of a ``consul.services``."""
+        return cast(ServicesResult, self._result_for("as_services"))
+
+    def as_check_update(self) -> CheckUpdateResult:
+        """The result of a ``consul.check_update``."""
+        return cast(CheckUpdateResult, self._result_for("as_check_update"))
+
     def _result_for(self, accessor: str) -> dict[str, Any]:
         result = self.result
         if _fits(accessor, self.operation, result):
@@ -143,6 +158,9 @@ _ACCESSORS: dict[str, tuple[str, str | None]] = {
     "as_kv_put": ("consul.kv_put", None),
     "as_register": ("consul.register", None),
     "as_deregister": ("consul.deregister", None),
+    "as_discover": ("consul.discover", None),
+    "as_services": ("consul.services", None),
+    "as_check_update": ("consul.check_update", None),
 }
 _KV_GET_KINDS = {
     "as_kv_get": "a single-key consul.kv_get",

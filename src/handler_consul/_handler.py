@@ -182,6 +182,11 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             datacenter = settings.datacenter if settings else None
             policy = settings.check_policy if settings else DEFAULT_CHECK_POLICY
         operation, payload, env = parse_envelope(envelope, target, datacenter, policy)
+        # An envelope may name another datacenter: its own breaker, so an outage there never
+        # fast-fails this one's envelopes, and its own name in every error's context.
+        routed = getattr(payload, "datacenter", None)
+        if routed is not None and routed != datacenter:
+            datacenter, target = routed, f"consul.{routed}"
         correlation_id = env.correlation_id or _new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()

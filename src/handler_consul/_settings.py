@@ -54,7 +54,7 @@ from handler_consul._settings_env import (
     source_error,
     validation_error,
 )
-from handler_consul._validation import CheckPolicy
+from handler_consul._validation import DATACENTER, CheckPolicy
 
 __all__ = [
     "BreakerSettings",
@@ -71,7 +71,6 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 _TOKEN = re.compile(r"[\x21-\x7e]+")
-_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # AF_UNIX paths are at most 107 bytes on Linux (108 with the terminating NUL).
 _UNIX_PATH_MAX = 107
 
@@ -303,7 +302,7 @@ class ConsulSettings(BaseSettings):
     @field_validator("datacenter")
     @classmethod
     def _datacenter_name(cls, value: str | None) -> str | None:
-        if value is not None and not _DATACENTER.fullmatch(value):
+        if value is not None and not DATACENTER.fullmatch(value):
             raise ValueError("must be 1-64 letters, digits, '-' or '_'")
         return value
 

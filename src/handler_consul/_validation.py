@@ -19,17 +19,24 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 from pydantic import AfterValidator
 
 __all__ = [
+    "DATACENTER",
     "DEFAULT_CHECK_POLICY",
+    "MAX_CHECK_OUTPUT_BYTES",
     "MAX_KEY_LENGTH",
     "MAX_META_KEY_LENGTH",
     "MAX_META_PAIRS",
     "MAX_META_VALUE_LENGTH",
     "MAX_VALUE_BYTES",
     "UINT64_MAX",
+    "CheckId",
+    "CheckOutput",
     "CheckPolicy",
+    "Datacenter",
     "Duration",
     "KvKey",
     "KvPrefix",
+    "NearNode",
+    "NodeMeta",
     "ServiceAddress",
     "ServiceId",
     "ServiceName",
@@ -37,6 +44,7 @@ __all__ = [
     "Tag",
     "Text",
     "check_meta",
+    "check_node_meta",
     "check_text",
 ]
 
@@ -48,10 +56,19 @@ MAX_KEY_LENGTH = 1024
 MAX_META_PAIRS = 64
 MAX_META_KEY_LENGTH = 128
 MAX_META_VALUE_LENGTH = 512
+# Consul keeps at most this much of a check's output (check_output_max_size's default).
+MAX_CHECK_OUTPUT_BYTES = 4096
+
+# A datacenter travels as ``?dc=`` and names a breaker: the same rule as the setting.
+DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Check IDs: the service's ID behind "service:" (plus ":<n>" for its n-th check), or a name.
+_CHECK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@-]{0,255}$")
+# A node name for ``near``, or Consul's "_agent" (the node of the agent answering).
+_NODE_NAME = re.compile(r"^(?:_agent|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 _SESSION_ID = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -182,6 +199,51 @@ def _duration(value: str) -> str:
     return value
 
 
+def _datacenter(value: str) -> str:
+    if not DATACENTER.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def _check_id(value: str) -> str:
+    if not _CHECK_ID.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be 1-256 characters of letters, digits, '.', '_', ':', '@' or '-', "
+            "starting with a letter, digit or '_', without '..'"
+        )
+    return value
+
+
+def _near(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError("must be a node name (1-128 letters, digits, '.', '_' or '-') or '_agent'")
+    return value
+
+
+def _check_output(value: str) -> str:
+    check_text(value)
+    if len(value) * 4 > MAX_CHECK_OUTPUT_BYTES and (
+        len(value.encode("utf-8")) > MAX_CHECK_OUTPUT_BYTES
+    ):
+        raise ValueError(f"must be at most {MAX_CHECK_OUTPUT_BYTES} bytes in UTF-8")
+    return value
+
+
+def check_node_meta(meta: dict[str, str]) -> dict[str, str]:
+    """Node metadata filters, sent as ``node-meta=key:value``: Consul's key rules, and a
+    value it could hold (printable, within its length)."""
+    if len(meta) > MAX_META_PAIRS:
+        raise ValueError(f"must have at most {MAX_META_PAIRS} pairs")
+    for key, value in meta.items():
+        if not _META_KEY.fullmatch(key):
+            raise ValueError(f"key {key!r} must be 1-128 letters, digits, '_' or '-'")
+        if len(value) > MAX_META_VALUE_LENGTH or not _printable(value):
+            raise ValueError(
+                f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} printable characters"
+            )
+    return meta
+
+
 def _tag(value: str) -> str:
     if not value or len(value) > 255 or not _printable(value):
         raise ValueError("must be 1-255 printable characters")
@@ -220,6 +282,11 @@ SessionId = Annotated[str, AfterValidator(_session)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Tag = Annotated[str, AfterValidator(_tag)]
 Text = Annotated[str, AfterValidator(check_text)]
+Datacenter = Annotated[str, AfterValidator(_datacenter)]
+CheckId = Annotated[str, AfterValidator(_check_id)]
+NearNode = Annotated[str, AfterValidator(_near)]
+CheckOutput = Annotated[str, AfterValidator(_check_output)]
+NodeMeta = Annotated[dict[str, str], AfterValidator(check_node_meta)]
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})

@@ -16,6 +16,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from handler_consul._client import ConsulClient
+from handler_consul._operations.discovery import (
+    DiscoverPayload,
+    ServicesPayload,
+    discover,
+    services,
+)
 from handler_consul._operations.kv import (
     KvGetPayload,
     KvPutPayload,
@@ -24,8 +30,10 @@ from handler_consul._operations.kv import (
     kv_put_is_idempotent,
 )
 from handler_consul._operations.service import (
+    CheckUpdatePayload,
     DeregisterPayload,
     RegisterPayload,
+    check_update,
     deregister,
     register,
 )
@@ -62,6 +70,10 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("consul.deregister", DeregisterPayload, deregister, _never),
         Operation("consul.kv_get", KvGetPayload, kv_get),
         Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
+        Operation("consul.discover", DiscoverPayload, discover),
+        Operation("consul.services", ServicesPayload, services),
+        # Setting a status twice leaves it as once: safe to re-send after an unknown outcome.
+        Operation("consul.check_update", CheckUpdatePayload, check_update),
     )
 }
 

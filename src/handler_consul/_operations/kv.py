@@ -26,6 +26,7 @@ from handler_consul._results import (
 from handler_consul._validation import (
     MAX_VALUE_BYTES,
     UINT64_MAX,
+    Datacenter,
     KvKey,
     KvPrefix,
     SessionId,
@@ -62,6 +63,7 @@ class KvGetPayload(BaseModel):
     key: KvPrefix
     separator: str | None = Field(None, min_length=1, max_length=16)
     consistency: Literal["default", "stale", "consistent"] = "default"
+    datacenter: Datacenter | None = None
 
     @field_validator("key")
     @classmethod
@@ -103,6 +105,7 @@ class KvPutPayload(BaseModel):
     cas: int | None = Field(None, ge=0, le=UINT64_MAX)
     acquire: SessionId | None = None
     release: SessionId | None = None
+    datacenter: Datacenter | None = None
 
     @field_validator("value")
     @classmethod
@@ -186,6 +189,7 @@ async def kv_get(
             keys=payload.keys_only,
             separator=payload.separator,
             consistency=consistency,
+            dc=payload.datacenter,
         )
     )
     index = _index(raw_index)
@@ -220,6 +224,7 @@ async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
             flags=payload.flags,
             acquire=payload.acquire,
             release=payload.release,
+            dc=payload.datacenter,
         )
     )
     return {"key": payload.key, "applied": applied is True}

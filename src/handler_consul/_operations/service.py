@@ -1,4 +1,4 @@
-"""consul.register and consul.deregister on the local agent."""
+"""consul.register, consul.deregister and consul.check_update on the local agent."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from pydantic import (
 
 from handler_consul._client import ConsulClient
 from handler_consul._operations.settle import settle
-from handler_consul._results import DeregisterResult, RegisterResult
+from handler_consul._results import CheckUpdateResult, DeregisterResult, RegisterResult
 from handler_consul._validation import (
     DEFAULT_CHECK_POLICY,
+    CheckId,
+    CheckOutput,
     CheckPolicy,
     Duration,
     ServiceAddress,
@@ -31,12 +33,15 @@ from handler_consul._validation import (
 )
 
 __all__ = [
+    "CheckUpdatePayload",
+    "CheckUpdateResult",
     "DeregisterPayload",
     "DeregisterResult",
     "HealthCheck",
     "RegisterPayload",
     "RegisterResult",
     "ServiceWeights",
+    "check_update",
     "deregister",
     "register",
 ]
@@ -214,3 +219,19 @@ async def deregister(client: ConsulClient, payload: DeregisterPayload) -> Deregi
     # python-consul2 answers False on 404 ("Unknown service ID"): it was not registered.
     removed = await settle(client.agent.service.deregister(payload.service_id))
     return {"service_id": payload.service_id, "deregistered": removed is True}
+
+
+class CheckUpdatePayload(BaseModel):
+    """Set a TTL check's status (what passing it, warning it or failing it means)."""
+
+    model_config = _STRICT
+
+    check_id: CheckId
+    status: Literal["passing", "warning", "critical"]
+    output: CheckOutput = ""
+
+
+async def check_update(client: ConsulClient, payload: CheckUpdatePayload) -> CheckUpdateResult:
+    # A check the agent does not know is python-consul2's NotFound: a typed 404 that names it.
+    await settle(client.update_check(payload.check_id, payload.status, payload.output))
+    return {"check_id": payload.check_id, "status": payload.status, "updated": True}
