@@ -347,7 +347,13 @@ async def test_no_operation_is_a_blocking_query(
         kv_get(k),
         kv_get(k.rsplit("/", 1)[0] + "/", recurse=True),
         kv_get(k.rsplit("/", 1)[0] + "/", keys_only=True),
-        {"operation": "consul.register", "payload": {"name": name}},
+        {"operation": "consul.register", "payload": {"name": name, "check": {"ttl": "1m"}}},
+        {
+            "operation": "consul.check_update",
+            "payload": {"check_id": f"service:{name}", "status": "passing"},
+        },
+        {"operation": "consul.discover", "payload": {"service": name, "cache": False}},
+        {"operation": "consul.services", "payload": {}},
         {"operation": "consul.deregister", "payload": {"service_id": name}},
     ]
     assert {e["operation"] for e in envelopes} == set(OPERATIONS)

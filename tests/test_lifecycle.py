@@ -29,7 +29,15 @@ from handler_consul import (
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
-OPERATIONS = ["consul.deregister", "consul.kv_get", "consul.kv_put", "consul.register"]
+OPERATIONS = [
+    "consul.check_update",
+    "consul.deregister",
+    "consul.discover",
+    "consul.kv_get",
+    "consul.kv_put",
+    "consul.register",
+    "consul.services",
+]
 
 
 # -- describe ------------------------------------------------------------------------------------

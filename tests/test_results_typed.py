@@ -20,7 +20,10 @@ from support import envelope, kv_get, kv_put, uniq
 
 import handler_consul
 from handler_consul import (
+    CheckUpdateResult,
     DeregisterResult,
+    DiscoverResult,
+    EndpointResult,
     HandlerConsul,
     HandlerResponse,
     KvEntry,
@@ -29,6 +32,8 @@ from handler_consul import (
     KvGetResult,
     KvPutResult,
     RegisterResult,
+    ServiceInstance,
+    ServicesResult,
 )
 from handler_consul._operations import OPERATIONS
 from handler_consul._schema import result_type
@@ -41,6 +46,11 @@ RESULTS = [
     KvPutResult,
     RegisterResult,
     DeregisterResult,
+    DiscoverResult,
+    ServiceInstance,
+    EndpointResult,
+    ServicesResult,
+    CheckUpdateResult,
 ]
 ACCESSORS = [
     "as_kv_get",
@@ -49,6 +59,9 @@ ACCESSORS = [
     "as_kv_put",
     "as_register",
     "as_deregister",
+    "as_discover",
+    "as_services",
+    "as_check_update",
 ]
 
 
@@ -85,6 +98,9 @@ def test_the_dispatch_table_returns_the_exported_types() -> None:
     assert result_type(OPERATIONS["consul.kv_put"]) is KvPutResult
     assert result_type(OPERATIONS["consul.register"]) is RegisterResult
     assert result_type(OPERATIONS["consul.deregister"]) is DeregisterResult
+    assert result_type(OPERATIONS["consul.discover"]) is DiscoverResult
+    assert result_type(OPERATIONS["consul.services"]) is ServicesResult
+    assert result_type(OPERATIONS["consul.check_update"]) is CheckUpdateResult
 
 
 # -- real results through the accessors --------------------------------------------------------
@@ -99,7 +115,14 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     missing = await handler.execute(kv_get(f"{prefix}/missing"))
     tree = await handler.execute(kv_get(prefix, recurse=True))
     keys = await handler.execute(kv_get(prefix, keys_only=True))
-    registered = await handler.execute(envelope("register", service_id=service, name=service))
+    registered = await handler.execute(
+        envelope("register", service_id=service, name=service, check={"ttl": "1m"})
+    )
+    updated = await handler.execute(
+        envelope("check_update", check_id=f"service:{service}", status="passing")
+    )
+    found = await handler.execute(envelope("discover", service=service, cache=False))
+    catalog = await handler.execute(envelope("services"))
     deregistered = await handler.execute(envelope("deregister", service_id=service))
 
     checks: list[tuple[Any, Any]] = [
@@ -110,6 +133,9 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
         (keys.as_kv_get_keys(), KvGetKeysResult),
         (registered.as_register(), RegisterResult),
         (deregistered.as_deregister(), DeregisterResult),
+        (updated.as_check_update(), CheckUpdateResult),
+        (found.as_discover(), DiscoverResult),
+        (catalog.as_services(), ServicesResult),
     ]
     for result, tp in checks:
         assert TypeAdapter(tp).validate_python(result, strict=True) == result
@@ -122,6 +148,9 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     assert put.as_kv_put()["applied"] is True
     assert registered.as_register()["service_id"] == service
     assert deregistered.as_deregister()["deregistered"] is True
+    assert updated.as_check_update()["updated"] is True
+    assert [i["id"] for i in found.as_discover()["instances"]] == [service]
+    assert service in catalog.as_services()["services"]
 
 
 RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
@@ -131,6 +160,9 @@ RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
     "as_kv_put": ("consul.kv_put", {"key": "k", "applied": True}),
     "as_register": ("consul.register", {"service_id": "s", "name": "s", "registered": True}),
     "as_deregister": ("consul.deregister", {"service_id": "s", "deregistered": True}),
+    "as_discover": ("consul.discover", {"service": "s", "instances": [], "index": 1}),
+    "as_services": ("consul.services", {"services": {}, "index": 1}),
+    "as_check_update": ("consul.check_update", {"check_id": "c", "updated": True}),
 }
 
 
