@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "_results": 0,
     "_balance": 1,  # the endpoint strategies: pure logic over _results' instances
     "_settings_env": 1,
+    "_settings_parts": 1,
     "_settings": 2,
     "_envelope": 1,
     "_log": 1,
@@ -40,6 +41,9 @@ LAYERS: dict[str, int] = {
     "_pool": 5,
     "_breaker": 5,
     "_operations.settle": 0,
+    "_operations.effects": 1,
+    "_longpoll": 6,
+    "_cache": 7,
     "_operations.kv": 6,
     "_operations.service": 6,
     "_operations.discovery": 6,
@@ -50,6 +54,7 @@ LAYERS: dict[str, int] = {
     "_retry": 9,
     "_runtime": 10,
     "_lifecycle": 11,
+    "_effects": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,
     "": 13,  # handler_consul/__init__.py: the public API

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
 from handler_consul._clock import Clock, Sleep, monotonic
+from handler_consul._effects import EnvelopeEffects
 from handler_consul._envelope import Envelope, HandlerResponse
 from handler_consul._errors import (
     ContextFields,
@@ -182,11 +183,11 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             datacenter = settings.datacenter if settings else None
             policy = settings.check_policy if settings else DEFAULT_CHECK_POLICY
         operation, payload, env = parse_envelope(envelope, target, datacenter, policy)
-        # An envelope may name another datacenter: its own breaker, so an outage there never
-        # fast-fails this one's envelopes, and its own name in every error's context.
-        routed = getattr(payload, "datacenter", None)
-        if routed is not None and routed != datacenter:
-            datacenter, target = routed, f"consul.{routed}"
+        # An operation aimed at another datacenter (its payload's ``datacenter``, sent as
+        # ``dc``) has that datacenter's breaker: dc2's outage never fast-fails dc1.
+        chosen = getattr(payload, "datacenter", None)
+        if chosen and chosen != datacenter:
+            datacenter, target = chosen, f"consul.{chosen}"
         correlation_id = env.correlation_id or _new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()
@@ -198,9 +199,16 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         timeout = env.timeout_seconds or runtime.settings.timeout_seconds
         breaker = self.circuit_breaker(datacenter)
         with lifecycle.admitted():
-            result, attempts = await runtime.attempts.run(
-                breaker, operation, payload, fields, started + timeout, observer
-            )
+            if operation.serve is None:
+                result, attempts = await runtime.attempts.run(
+                    breaker, operation, payload, fields, started + timeout, observer
+                )
+            else:
+                effects = EnvelopeEffects(
+                    runtime, breaker, fields, started + timeout, observer, self._clock
+                )
+                result = dict(await operation.serve(effects, payload))
+                attempts = effects.attempts
         duration = self._clock() - started
         log_envelope_success(operation.name, correlation_id, attempts, duration)
         return HandlerResponse.trusted(
@@ -230,6 +238,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "circuit_breakers": self.circuit_breaker_states(),
             "max_concurrent_operations": settings.max_concurrent_operations if settings else None,
             "pool": runtime.pool.snapshot() if runtime else None,
+            "long_polls": runtime.long_polls.snapshot() if runtime else None,
+            "cache": runtime.cache.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,
             "settings": settings.public_dict() if settings else None,

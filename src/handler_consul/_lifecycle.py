@@ -174,9 +174,12 @@ class Lifecycle:
                 self.state = "shut_down"
                 return
             self.state = "shutting_down"
-            runtime.attempts.closing = True
             failed = 0
             try:
+                # Locks released and maintained services deregistered while the pools still
+                # take work; new envelopes are already refused.
+                await runtime.run_closers()
+                runtime.attempts.closing = True
                 if self.in_flight:
                     self._drained = asyncio.Event()
                     with contextlib.suppress(TimeoutError):
@@ -192,6 +195,9 @@ class Lifecycle:
                 self.runtime = None
                 self.state = "shut_down"
                 self._drained = None
+            # Background work (cache upkeep, renewals) was cancelled by dispose(); let it
+            # unwind before shutdown() returns, so nothing of this runtime is left running.
+            await runtime.long_polls.aclose()
             if failed:
                 handler_log.warning(
                     "shutdown: grace period over, failed %d in-flight envelopes", failed

@@ -26,8 +26,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -54,12 +52,21 @@ from handler_consul._settings_env import (
     source_error,
     validation_error,
 )
+from handler_consul._settings_parts import (
+    BreakerSettings,
+    CacheSettings,
+    CheckSettings,
+    LongPollSettings,
+    RetrySettings,
+)
 from handler_consul._validation import DATACENTER, CheckPolicy
 
 __all__ = [
     "BreakerSettings",
+    "CacheSettings",
     "CheckSettings",
     "ConsulSettings",
+    "LongPollSettings",
     "RetrySettings",
     "is_header_safe_token",
     "load_settings",
@@ -95,58 +102,6 @@ def _optional_text(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         return None
     return value
-
-
-class RetrySettings(BaseModel):
-    """Backoff for transient failures; every attempt stays inside the envelope deadline."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_attempts: int = Field(3, ge=1, le=10, description="Total attempts, the first included.")
-    initial_delay_seconds: float = Field(0.1, ge=0, le=60)
-    max_delay_seconds: float = Field(5.0, ge=0, le=300)
-    exponential_base: float = Field(2.0, ge=1, le=10)
-    budget_ratio: float = Field(
-        0.2, ge=0, le=1, description="Retries allowed per first attempt, over a sliding window."
-    )
-    budget_min_per_second: float = Field(
-        1.0, ge=0, description="Retries always allowed per second, so a quiet handler can retry."
-    )
-
-
-class BreakerSettings(BaseModel):
-    """The circuit breaker per datacenter (see docs/patterns/circuit_breaker.md)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    failure_threshold: int = Field(5, ge=1, le=1000)
-    reset_timeout_seconds: float = Field(30.0, gt=0, le=3600)
-    half_open_max_calls: int = Field(1, ge=1, le=100)
-    slow_call_duration_seconds: float | None = Field(
-        None, gt=0, description="Calls slower than this count as failures; off when unset."
-    )
-    reset_timeout_multiplier: float = Field(
-        1.0, ge=1, le=10, description="Each consecutive re-open multiplies the wait by this."
-    )
-    max_reset_timeout_seconds: float = Field(300.0, gt=0, le=86400)
-
-
-class CheckSettings(BaseModel):
-    """What a registered health check may make the agent do (docs/patterns/security_patterns.md).
-
-    The agent runs HTTP checks itself: a check aimed at the Consul API with PUT could
-    deregister services or write keys. The defaults allow neither.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    allowed_methods: frozenset[Literal["GET", "HEAD", "POST", "PUT"]] = Field(
-        frozenset({"GET", "HEAD"}), min_length=1, description="HTTP methods a check may use."
-    )
-    allow_consul_api: bool = Field(
-        False, description="Let checks target /v1/... paths or the Consul agent's own address."
-    )
 
 
 class ConsulSettings(BaseSettings):
@@ -206,6 +161,8 @@ class ConsulSettings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
     checks: CheckSettings = CheckSettings()
+    long_poll: LongPollSettings = LongPollSettings()
+    cache: CacheSettings = CacheSettings()
 
     # Where each value was set ("environment variable CONSUL_PORT"), by dotted path.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -9,7 +9,7 @@ loop translates at one boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from handler_consul._operations.discovery import (
     discover,
     services,
 )
+from handler_consul._operations.effects import Effects
 from handler_consul._operations.kv import (
     KvGetPayload,
     KvPutPayload,
@@ -39,7 +40,7 @@ from handler_consul._operations.service import (
 )
 from handler_consul._operations.settle import run_to_completion
 
-__all__ = ["OPERATIONS", "Operation", "call_leader", "call_operation"]
+__all__ = ["OPERATIONS", "Effects", "Operation", "call_leader", "call_operation"]
 
 
 def _always(_payload: Any) -> bool:
@@ -59,6 +60,10 @@ class Operation:
     run: Callable[[ConsulClient, Any], Coroutine[Any, Any, Mapping[str, Any]]]
     # Whether an attempt whose outcome is unknown (sent, then no answer) may be re-sent.
     idempotent: Callable[[Any], bool] = _always
+    # For operations that are not one request (cached reads, endpoint picking, watch steps):
+    # runs on the loop and reaches Consul only through the envelope's Effects. ``run`` is
+    # then what ``handler-consul schema`` reads the result type from.
+    serve: Callable[[Effects, Any], Awaitable[Mapping[str, Any]]] | None = None
 
 
 OPERATIONS: Mapping[str, Operation] = {
