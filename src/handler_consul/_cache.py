@@ -159,6 +159,7 @@ class QueryCache:
                     if entry.failing_since is None:
                         entry.failing_since = self._clock()
                     entry.last_error = exc
+                    entry.query.reset()
                     await asyncio.sleep(retry)
                     retry = min(retry * 2, _RETRY_MAX)
                     continue

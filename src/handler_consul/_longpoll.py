@@ -13,6 +13,8 @@ token header, TLS and response cap. Short operations never wait behind them.
   round returns at once with the current state instead of blocking on a number that will
   not come back;
 - an index below 1 is treated as 1, since ``index=0`` never blocks and would spin;
+- after a failed round the next one reads afresh (``index=0``): the agent that answers may
+  be a restarted one whose index is behind the one we hold;
 - a round that returns at once is followed by the next only after
   ``long_poll.min_interval_seconds``: back-to-back returns are rate-limited.
 
@@ -47,6 +49,7 @@ MAX_WAIT_SECONDS = 600.0
 def next_index(previous: int, returned: int) -> int:
     """The ``index`` of the next round, from the last one sent and the X-Consul-Index
     returned, by Consul's rules: backwards resets to 0; below 1 becomes 1."""
+    returned = max(returned, 0)  # an unsigned integer in Consul; anything else is garbage
     if returned < previous:
         return 0
     return max(returned, 1)
@@ -190,6 +193,15 @@ class BlockingQuery(Generic[T]):
         self._clock = clock
         self._last_start: float | None = None
         self._last_quick = False
+
+    def reset(self) -> None:
+        """Read the current state next round (``index=0``, answered at once).
+
+        For after a failed round: the agent may have restarted with an older index, and a
+        round sent with the old one would block for its whole wait on a number the new
+        agent will not reach for a while.
+        """
+        self.index = 0
 
     async def next(
         self, *, wait_seconds: float | None = None, deadline: float | None = None
