@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "_schema": 8,
     "_retry": 9,
     "_runtime": 10,
+    "_maintain": 10,  # maintained registrations: the runtime's attempts, never the runtime
     "_lifecycle": 11,
     "_effects": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in

@@ -272,12 +272,13 @@ def test_schema_is_a_json_schema_with_a_discriminated_union() -> None:
             "consul.check_update",
             "consul.deregister",
             "consul.discover",
+            "consul.endpoint",
             "consul.kv_get",
             "consul.kv_put",
             "consul.register",
             "consul.services",
         }
-        assert len(doc["oneOf"]) == 7
+        assert len(doc["oneOf"]) == 8
         assert all(ref["$ref"].startswith("#/$defs/") for ref in doc["oneOf"])
     assert {"KvPutPayload", "RegisterPayload", "HealthCheck"} <= set(docs["envelope"]["$defs"])
     assert {"KvGetResult", "KvEntry", "RegisterResult"} <= set(docs["result"]["$defs"])

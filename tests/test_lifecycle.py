@@ -33,6 +33,7 @@ OPERATIONS = [
     "consul.check_update",
     "consul.deregister",
     "consul.discover",
+    "consul.endpoint",
     "consul.kv_get",
     "consul.kv_put",
     "consul.register",

@@ -9,13 +9,15 @@ docs/patterns/architecture.md draws the whole map.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from uuid import UUID
 
+from handler_consul._balance import Balancer, Strategy
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
 from handler_consul._clock import Clock, Sleep, monotonic
 from handler_consul._effects import EnvelopeEffects
@@ -28,8 +30,20 @@ from handler_consul._errors import (
 )
 from handler_consul._lifecycle import Lifecycle
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
+from handler_consul._maintain import Maintenance
 from handler_consul._operations import OPERATIONS
-from handler_consul._parsing import parse_envelope
+from handler_consul._operations.discovery import (
+    BALANCER,
+    OUTAGES,
+    DiscoverPayload,
+    LeaseOptions,
+    as_endpoint,
+    fallback_result,
+    no_healthy_instance,
+)
+from handler_consul._operations.service import MAINTENANCE
+from handler_consul._parsing import parse_envelope, parse_options
+from handler_consul._results import EndpointResult
 from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
 from handler_consul._settings import BreakerSettings, ConsulSettings
@@ -70,6 +84,10 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
         self._telemetry: Telemetry | None = None
+        # Both outlive a re-initialize: round-robin positions and held leases are the
+        # process's, and a maintained registration stays maintained on the new runtime.
+        self._balancer = Balancer(rng)
+        self._maintenance = Maintenance(clock)
         if tracer_provider is not None or meter_provider is not None:
             self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
@@ -89,6 +107,19 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         connections and never replies. A second call replaces the old resources cleanly.
         """
         await self._lifecycle.initialize(config)
+        runtime = self._lifecycle.runtime
+        if runtime is not None and MAINTENANCE not in runtime.state:
+            # The new runtime serves envelopes from here on (no await since it was
+            # installed): give it the process-wide balancer and the maintained services.
+            runtime.state[BALANCER] = self._balancer
+            runtime.state[MAINTENANCE] = self._maintenance
+            self._maintenance.attach(
+                runtime.attempts,
+                runtime.long_polls,
+                runtime.settings,
+                runtime.target,
+                runtime.add_closer,
+            )
 
     async def shutdown(self) -> None:
         """Refuse new envelopes, let in-flight ones finish within the grace period, then fail
@@ -242,8 +273,74 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "cache": runtime.cache.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,
+            "maintained": self._maintenance.snapshot(),
             "settings": settings.public_dict() if settings else None,
         }
+
+    # -- endpoints held for a while -------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self,
+        service: str,
+        *,
+        strategy: Strategy = "round_robin",
+        fallback: str | None = None,
+        timeout_seconds: float | None = None,
+        **filters: Any,
+    ) -> AsyncIterator[EndpointResult]:
+        """Hold one healthy instance of ``service`` for the ``async with`` block.
+
+        ``filters`` are ``consul.discover``'s (``tags``, ``passing_only``, ``datacenter``,
+        ``near``, ``node_meta``, ``cache``), read through :meth:`execute` like any envelope.
+        ``strategy`` is ``consul.endpoint``'s, or ``least_connections``: the instance with
+        the fewest leases held in this process. The lease counts until the block ends. With
+        no healthy instance, or Consul unreachable and nothing fresh in the cache, the
+        ``fallback`` (``"host:port"``) is yielded, else the error is raised.
+        """
+        runtime = self._lifecycle.runtime
+        settings = runtime.settings if runtime else self._base_settings
+        target = settings.breaker_name if settings else "consul.default"
+        datacenter = settings.datacenter if settings else None
+        options = parse_options(
+            LeaseOptions,
+            {"strategy": strategy, "fallback": fallback},
+            "consul.endpoint",
+            target,
+            datacenter,
+        )
+        envelope: dict[str, Any] = {
+            "operation": "consul.discover",
+            "payload": {"service": service, **filters},
+        }
+        if timeout_seconds is not None:
+            envelope["timeout_seconds"] = timeout_seconds
+        try:
+            found = (await self.execute(envelope)).as_discover()
+        except OUTAGES:
+            if options.fallback is None:
+                raise
+            yield fallback_result(service, options.fallback)
+            return
+        query = DiscoverPayload.model_validate(envelope["payload"]).query_key()
+        picked = self._balancer.pick(query, found["instances"], options.strategy)
+        if picked is None:
+            if options.fallback is None:
+                raise InfraUnavailableError(
+                    f"consul.endpoint: {no_healthy_instance(service)}",
+                    context=make_context(
+                        ContextFields("consul.endpoint", None, target, datacenter),
+                        InfraUnavailableError,
+                        attempts=0,
+                    ),
+                )
+            yield fallback_result(service, options.fallback)
+            return
+        held = self._balancer.acquire(picked)
+        try:
+            yield as_endpoint(service, picked, found)
+        finally:
+            self._balancer.release(held)
 
     async def health_check(self) -> dict[str, Any]:
         """Ask Consul for its leader (no ACL needed); report latency and breaker state.

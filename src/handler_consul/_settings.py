@@ -57,6 +57,7 @@ from handler_consul._settings_parts import (
     CacheSettings,
     CheckSettings,
     LongPollSettings,
+    MaintainSettings,
     RetrySettings,
 )
 from handler_consul._validation import DATACENTER, CheckPolicy
@@ -67,6 +68,7 @@ __all__ = [
     "CheckSettings",
     "ConsulSettings",
     "LongPollSettings",
+    "MaintainSettings",
     "RetrySettings",
     "is_header_safe_token",
     "load_settings",
@@ -163,6 +165,7 @@ class ConsulSettings(BaseSettings):
     checks: CheckSettings = CheckSettings()
     long_poll: LongPollSettings = LongPollSettings()
     cache: CacheSettings = CacheSettings()
+    maintain: MaintainSettings = MaintainSettings()
 
     # Where each value was set ("environment variable CONSUL_PORT"), by dotted path.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -33,6 +33,7 @@ __all__ = [
     "CheckPolicy",
     "Datacenter",
     "Duration",
+    "HostPort",
     "KvKey",
     "KvPrefix",
     "NearNode",
@@ -46,6 +47,7 @@ __all__ = [
     "check_meta",
     "check_node_meta",
     "check_text",
+    "split_host_port",
 ]
 
 # Consul's default kv_max_value_size (limits.kv_max_value_size) is 512 KiB.
@@ -187,6 +189,25 @@ def _address(value: str) -> str:
     return value
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[v6]:port"`` for IPv6) as its host and port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise ValueError("must be 'host:port' with a port of 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("must put only an IPv6 address in brackets")
+    elif ":" in host:
+        raise ValueError("must put an IPv6 address in brackets ('[::1]:8080')")
+    return _address(host), int(port)
+
+
+def _host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
 def _session(value: str) -> str:
     if not _SESSION_ID.fullmatch(value):
         raise ValueError("must be a session UUID")
@@ -287,6 +308,7 @@ CheckId = Annotated[str, AfterValidator(_check_id)]
 NearNode = Annotated[str, AfterValidator(_near)]
 CheckOutput = Annotated[str, AfterValidator(_check_output)]
 NodeMeta = Annotated[dict[str, str], AfterValidator(check_node_meta)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})

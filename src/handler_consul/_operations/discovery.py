@@ -1,4 +1,4 @@
-"""consul.discover and consul.services: what the catalog knows, read through the health API.
+"""consul.discover, consul.endpoint and consul.services: healthy instances, found and picked.
 
 ``discover`` asks ``/v1/health/service/<name>`` (tags, passing, dc, near, node-meta) and
 gives each instance in one flat shape: the service's address, else its node's; Consul's
@@ -6,33 +6,70 @@ gives each instance in one flat shape: the service's address, else its node's; C
 ``serfHealth`` included, as Consul's own ``passing`` filter counts them). The query itself
 (:func:`health_query`) is separate from the shaping (:func:`instances`) so the discovery
 cache can run the same query as a blocking one and shape what it keeps.
+
+With ``cache`` (the default) :func:`serve_discover` answers from the query cache: the first
+read of a query goes to Consul through the breaker and retries, a blocking query in the
+long-poll pool keeps it fresh from then on, and while Consul is unreachable the last good
+answer is served with ``source: "cache"`` and its age, up to ``cache.max_staleness_seconds``.
+
+``endpoint`` reads what ``discover`` reads (the same cache entry) and picks with the
+handler's :class:`handler_consul._balance.Balancer`, so round-robin positions and the leases
+``HandlerConsul.lease()`` holds are shared by every caller in the process. Its ``fallback``
+(``"host:port"``) is answered when no instance is healthy, or when Consul is unreachable (a
+connection error, a timeout, an open breaker) and the cache has nothing fresh enough; other
+failures (a refused token, a rejected request) are not hidden behind it.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from handler_consul._balance import Balancer, Strategy
 from handler_consul._client import ConsulClient
+from handler_consul._errors import InfraConnectionError, InfraUnavailableError
+from handler_consul._operations.effects import Effects
 from handler_consul._operations.settle import settle
 from handler_consul._results import (
     DiscoverResult,
+    EndpointResult,
     HealthStatus,
     ServiceInstance,
     ServicesResult,
 )
-from handler_consul._validation import Datacenter, NearNode, NodeMeta, ServiceName, Tag
+from handler_consul._validation import (
+    Datacenter,
+    HostPort,
+    NearNode,
+    NodeMeta,
+    ServiceName,
+    Tag,
+    split_host_port,
+)
 
 __all__ = [
+    "BALANCER",
+    "OUTAGES",
     "DiscoverPayload",
     "DiscoverResult",
+    "EndpointPayload",
+    "EndpointResult",
+    "LeaseOptions",
     "ServicesPayload",
     "ServicesResult",
+    "as_endpoint",
+    "choose",
     "discover",
+    "endpoint",
+    "fallback_result",
     "health_query",
     "index_of",
     "instances",
+    "no_healthy_instance",
+    "serve_discover",
+    "serve_endpoint",
     "services",
 ]
 
@@ -158,3 +195,139 @@ async def services(client: ConsulClient, payload: ServicesPayload) -> ServicesRe
         "services": {name: list(tags or []) for name, tags in (data or {}).items()},
         "index": index_of(raw_index),
     }
+
+
+async def _shaped(
+    client: ConsulClient, payload: DiscoverPayload, round_: tuple[int, str] | None = None
+) -> tuple[int, list[ServiceInstance]]:
+    """One read, shaped in the worker: the cache keeps instances, not Consul's entries."""
+    index, wait = round_ if round_ is not None else (None, None)
+    raw_index, entries = await health_query(client, payload, index, wait)
+    return raw_index, instances(entries)
+
+
+def _copy(instance: ServiceInstance) -> ServiceInstance:
+    # The cache's instances are shared by every caller: each gets its own mutable parts.
+    copied = instance.copy()
+    copied["tags"] = list(instance["tags"])
+    copied["meta"] = dict(instance["meta"])
+    copied["weights"] = instance["weights"].copy()
+    return copied
+
+
+async def serve_discover(effects: Effects, payload: DiscoverPayload) -> DiscoverResult:
+    """Cached unless ``cache`` is false; see the module docstring."""
+    if not payload.cache:
+        return await effects.call(discover, payload)
+    cached = await effects.cached(
+        payload.query_key(),
+        partial(_shaped_round, payload),
+        partial(effects.call, _shaped, payload),
+    )
+    return {
+        "service": payload.service,
+        "instances": [_copy(i) for i in cached.value],
+        "index": cached.index,
+        "source": cached.source,
+        "age_seconds": cached.age_seconds,
+    }
+
+
+async def _shaped_round(
+    payload: DiscoverPayload, client: ConsulClient, round_: tuple[int, str]
+) -> tuple[int, list[ServiceInstance]]:
+    return await _shaped(client, payload, round_)
+
+
+# Where the handler keeps its Balancer in the runtime's state.
+BALANCER = "balancer"
+# What an outage looks like from here: the fallback stands in for these only.
+OUTAGES = (InfraConnectionError, InfraUnavailableError)
+
+
+class EndpointPayload(DiscoverPayload):
+    """``consul.discover``'s filters, a strategy and an optional fallback."""
+
+    strategy: Literal["round_robin", "random", "weighted"] = "round_robin"
+    fallback: HostPort | None = None
+
+
+def fallback_result(service: str, fallback: str) -> EndpointResult:
+    host, port = split_host_port(fallback)
+    return {
+        "service": service,
+        "address": host,
+        "port": port,
+        "instance_id": None,
+        "source": "fallback",
+        "age_seconds": None,
+    }
+
+
+def as_endpoint(service: str, picked: ServiceInstance, found: DiscoverResult) -> EndpointResult:
+    return {
+        "service": service,
+        "address": picked["address"],
+        "port": picked["port"],
+        "instance_id": picked["id"],
+        "source": found["source"],
+        "age_seconds": found["age_seconds"],
+    }
+
+
+def choose(
+    balancer: Balancer,
+    payload: DiscoverPayload,
+    found: DiscoverResult,
+    strategy: Strategy,
+    fallback: str | None,
+) -> EndpointResult | None:
+    """The picked instance as an endpoint, the fallback when none is healthy, else None."""
+    picked = balancer.pick(payload.query_key(), found["instances"], strategy)
+    if picked is None:
+        return fallback_result(payload.service, fallback) if fallback is not None else None
+    return as_endpoint(payload.service, picked, found)
+
+
+class LeaseOptions(BaseModel):
+    """``HandlerConsul.lease()``'s own keywords; the filters are discover's payload."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    strategy: Strategy = "round_robin"
+    fallback: HostPort | None = None
+
+
+def no_healthy_instance(service: str) -> str:
+    return f"no healthy instance of {service!r} and no fallback"
+
+
+async def serve_endpoint(effects: Effects, payload: EndpointPayload) -> EndpointResult:
+    try:
+        found = await serve_discover(effects, payload)
+    except OUTAGES:
+        if payload.fallback is None:
+            raise
+        return fallback_result(payload.service, payload.fallback)
+    balancer = effects.state.get(BALANCER)
+    if not isinstance(balancer, Balancer):
+        balancer = effects.state[BALANCER] = Balancer()
+    chosen = choose(balancer, payload, found, payload.strategy, payload.fallback)
+    if chosen is None:
+        raise effects.error(
+            InfraUnavailableError, f"consul.endpoint: {no_healthy_instance(payload.service)}"
+        )
+    return chosen
+
+
+async def endpoint(client: ConsulClient, payload: EndpointPayload) -> EndpointResult:
+    """The one-request form (no cache, no shared rotation): the first healthy instance.
+
+    The handler runs :func:`serve_endpoint`; this gives the operation its result type in
+    ``handler-consul schema`` and picks without state where no handler state exists.
+    """
+    found = await discover(client, payload)
+    chosen = choose(Balancer(), payload, found, payload.strategy, payload.fallback)
+    if chosen is None:
+        raise LookupError(no_healthy_instance(payload.service))
+    return chosen
