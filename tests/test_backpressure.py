@@ -50,7 +50,6 @@ from support import (
 )
 
 from handler_consul import InfraTimeoutError, InfraUnavailableError
-from handler_consul._operations import OPERATIONS
 from handler_consul._pool import PoolSaturated
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
@@ -327,17 +326,15 @@ async def test_loop_ticks_during_shutdown_with_hung_calls(
     assert_loop_kept_ticking(ticker, min_ticks=50)
 
 
-# -- long polls: none yet ------------------------------------------------------------------
+# -- long polls stay out of the short pool ----------------------------------------------------
 
 
-async def test_no_operation_is_a_blocking_query(
+async def test_short_operations_never_send_a_blocking_query(
     consul_agent: ConsulAgent, counting_proxy_for: CountFor, make_tuned_handler: MakeHandler
 ) -> None:
-    """Blocking queries (``?index=N&wait=D``) would need a pool and a bound of their own;
-    none exists yet: no payload can ask for one and no request carries one."""
-    for operation in OPERATIONS.values():
-        fields = set(operation.payload_model.model_fields)
-        assert not fields & {"index", "wait", "wait_index", "blocking"}, operation.name
+    """Blocking queries (``?index=N&wait=D``) run only in the long-poll pool
+    (tests/test_long_polls.py); the short operations' requests never carry one, so a slot
+    of the short pool is never held for a wait."""
     counter = counting_proxy_for(consul_agent)
     handler = await make_tuned_handler(counter)
     name = uniq("lp")
@@ -356,7 +353,6 @@ async def test_no_operation_is_a_blocking_query(
         {"operation": "consul.services", "payload": {}},
         {"operation": "consul.deregister", "payload": {"service_id": name}},
     ]
-    assert {e["operation"] for e in envelopes} == set(OPERATIONS)
     counter.reset()
     for env in envelopes:
         assert (await handler.execute(env)).status == "success"

@@ -194,8 +194,12 @@ class Attempts:
         clock: Clock,
         rng: Callable[[], float],
         sleep: Sleep | None,
+        slow_calls_count: bool = True,
     ) -> None:
         self.pool = pool
+        # False for long polls: a blocking query that waits out its ``wait`` is a success by
+        # design, never a slow call for the breaker.
+        self._slow_calls_count = slow_calls_count
         self.client = client
         self.policy = policy
         self.budget = budget
@@ -276,7 +280,7 @@ class Attempts:
                 else:
                     permit.ignore()
             else:
-                permit.success(clock() - call_started)
+                permit.success(clock() - call_started if self._slow_calls_count else 0.0)
                 # Operations build a fresh dict per call (their TypedDicts): no copy needed.
                 return result, attempt  # type: ignore[return-value]
             delay = self._retry_delay(

@@ -148,7 +148,15 @@ def build_runtime(
     )
     long_polls = LongPolls(long_client, long_poll, request_timeout=settings.timeout_seconds)
     long_attempts = Attempts(
-        long_polls.pool, long_client, retry, budget, token=token, clock=clock, rng=rng, sleep=sleep
+        long_polls.pool,
+        long_client,
+        retry,
+        budget,
+        token=token,
+        clock=clock,
+        rng=rng,
+        sleep=sleep,
+        slow_calls_count=False,
     )
     return Runtime(
         settings,
