@@ -350,6 +350,7 @@ async def test_short_operations_never_send_a_blocking_query(
             "payload": {"check_id": f"service:{name}", "status": "passing"},
         },
         {"operation": "consul.discover", "payload": {"service": name, "cache": False}},
+        {"operation": "consul.endpoint", "payload": {"service": name, "cache": False}},
         {"operation": "consul.services", "payload": {}},
         {"operation": "consul.deregister", "payload": {"service_id": name}},
     ]
