@@ -10,6 +10,7 @@ Fixtures (all start real processes on 127.0.0.1; all are stopped at session end)
   ``.mint_token(rules_hcl) -> secret``.
 - ``consul_cluster`` (function): three servers; ``leader()``, ``followers()``,
   ``kill_leader()``, ``restart(agent)``, ``wait_for_leader(exclude=None, timeout=30)``.
+- ``two_datacenters`` (function): single-server agents ``.dc1`` and ``.dc2``, WAN-joined.
 - ``toxiproxy_server`` (session), ``toxiproxy_for(agent_or_addr) -> Toxiproxy`` (function
   factory), ``toxiproxy`` (function, in front of ``consul_agent``).
 - ``counting_proxy`` (function, in front of ``consul_agent``), ``counting_proxy_for``.
@@ -55,6 +56,7 @@ from harness import (
     NotBuiltYet,
     Toxiproxy,
     ToxiproxyServer,
+    TwoDatacenters,
 )
 
 _KINDS = {"consul": "consul_bin", "toxiproxy": "toxiproxy_bin"}
@@ -205,6 +207,13 @@ def consul_cluster(consul_bin: str, tmp_path: Path) -> Iterator[ConsulCluster]:
     cluster = ConsulCluster(consul_bin, base_dir=tmp_path).start()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def two_datacenters(consul_bin: str, tmp_path: Path) -> Iterator[TwoDatacenters]:
+    federation = TwoDatacenters(consul_bin, base_dir=tmp_path).start()
+    yield federation
+    federation.close()
 
 
 @pytest.fixture(scope="session")
