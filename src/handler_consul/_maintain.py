@@ -9,8 +9,11 @@ For each maintained service a background task (owned by the runtime, so nothing 
   dropped it) triggers it, and so does a comparison with the agent's copy every
   ``maintain.compare_interval_seconds`` (which also catches a service changed behind the
   handler's back, and covers services without a TTL check);
-- after a failed round, try again soon (50 ms, doubling up to the heartbeat), so a
-  restarted agent has its registration back within one heartbeat of answering.
+- after a failed round, try again soon (50 ms, doubling up to half a second or the
+  heartbeat), so a restarted agent has its registration back soon after it answers. A
+  heartbeat may take up to the TTL itself: an agent that is starting answers its HTTP API
+  before it takes check updates, and a heartbeat cut short at ttl/3 would only start again
+  later than one left to finish.
 
 Upkeep requests are the handler's own, paced and tiny: they go through the retries, the
 short pool, the deadline and the translation boundary, but not through the breaker. An open
@@ -56,7 +59,7 @@ from handler_consul._settings import BreakerSettings, ConsulSettings
 
 __all__ = ["Maintenance"]
 
-_RETRY_FIRST = 0.05
+_RETRY_FIRST, _RETRY_CAP = 0.05, 0.5
 _UNGUARDED = BreakerSettings(enabled=False)
 
 
@@ -239,7 +242,7 @@ class Maintenance:
                         error.message,
                         extra={"target": link.target},
                     )
-                delay = min(interval, _RETRY_FIRST * 2 ** (failures - 1))
+                delay = min(interval, _RETRY_CAP, _RETRY_FIRST * 2 ** (failures - 1))
                 continue
             failures, kept.last_error, delay = 0, None, interval
             kept.confirmed_at = self._clock()
@@ -248,8 +251,9 @@ class Maintenance:
         assert kept.check_id is not None
         passing = CheckUpdatePayload(check_id=kept.check_id, status="passing", output=MAINTAINED)
         try:
-            # A beat that takes longer than the heartbeat is late anyway: retry it soon.
-            await self._call(link, _PASS, passing, seconds=kept.heartbeat)
+            # Bounded by the TTL: past it the check is critical whatever this request does.
+            ttl = kept.heartbeat * 3 if kept.heartbeat is not None else None
+            await self._call(link, _PASS, passing, seconds=ttl)
         except InfraConsulError as error:
             if error.context.status_code != 404:
                 raise
