@@ -215,22 +215,33 @@ def _copy(instance: ServiceInstance) -> ServiceInstance:
     return copied
 
 
-async def serve_discover(effects: Effects, payload: DiscoverPayload) -> DiscoverResult:
-    """Cached unless ``cache`` is false; see the module docstring."""
+async def _discovered(
+    effects: Effects, payload: DiscoverPayload, query: tuple[Any, ...]
+) -> DiscoverResult:
+    """The answer, cached unless ``cache`` is false. A cached answer's instances are the
+    cache's own, shared with every caller: not to be handed out as they are."""
     if not payload.cache:
         return await effects.call(discover, payload)
     cached = await effects.cached(
-        payload.query_key(),
+        query,
         partial(_shaped_round, payload),
         partial(effects.call, _shaped, payload),
     )
     return {
         "service": payload.service,
-        "instances": [_copy(i) for i in cached.value],
+        "instances": cached.value,
         "index": cached.index,
         "source": cached.source,
         "age_seconds": cached.age_seconds,
     }
+
+
+async def serve_discover(effects: Effects, payload: DiscoverPayload) -> DiscoverResult:
+    """Cached unless ``cache`` is false; see the module docstring."""
+    found = await _discovered(effects, payload, payload.query_key())
+    if payload.cache:
+        found["instances"] = [_copy(i) for i in found["instances"]]
+    return found
 
 
 async def _shaped_round(
@@ -277,13 +288,14 @@ def as_endpoint(service: str, picked: ServiceInstance, found: DiscoverResult) ->
 
 def choose(
     balancer: Balancer,
+    query: tuple[Any, ...],
     payload: DiscoverPayload,
     found: DiscoverResult,
     strategy: Strategy,
     fallback: str | None,
 ) -> EndpointResult | None:
     """The picked instance as an endpoint, the fallback when none is healthy, else None."""
-    picked = balancer.pick(payload.query_key(), found["instances"], strategy)
+    picked = balancer.pick(query, found["instances"], strategy)
     if picked is None:
         return fallback_result(payload.service, fallback) if fallback is not None else None
     return as_endpoint(payload.service, picked, found)
@@ -303,8 +315,10 @@ def no_healthy_instance(service: str) -> str:
 
 
 async def serve_endpoint(effects: Effects, payload: EndpointPayload) -> EndpointResult:
+    query = payload.query_key()
     try:
-        found = await serve_discover(effects, payload)
+        # The cache's own instances: the endpoint copies only the picked one's scalars.
+        found = await _discovered(effects, payload, query)
     except OUTAGES:
         if payload.fallback is None:
             raise
@@ -312,7 +326,7 @@ async def serve_endpoint(effects: Effects, payload: EndpointPayload) -> Endpoint
     balancer = effects.state.get(BALANCER)
     if not isinstance(balancer, Balancer):
         balancer = effects.state[BALANCER] = Balancer()
-    chosen = choose(balancer, payload, found, payload.strategy, payload.fallback)
+    chosen = choose(balancer, query, payload, found, payload.strategy, payload.fallback)
     if chosen is None:
         raise effects.error(
             InfraUnavailableError, f"consul.endpoint: {no_healthy_instance(payload.service)}"
@@ -327,7 +341,8 @@ async def endpoint(client: ConsulClient, payload: EndpointPayload) -> EndpointRe
     ``handler-consul schema`` and picks without state where no handler state exists.
     """
     found = await discover(client, payload)
-    chosen = choose(Balancer(), payload, found, payload.strategy, payload.fallback)
+    balancer, query = Balancer(), payload.query_key()
+    chosen = choose(balancer, query, payload, found, payload.strategy, payload.fallback)
     if chosen is None:
         raise LookupError(no_healthy_instance(payload.service))
     return chosen
