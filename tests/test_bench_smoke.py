@@ -179,3 +179,43 @@ def test_render_without_matplotlib(bench_run: dict[str, Any], tmp_path: Path) ->
     assert len(_skip_lines(proc.stderr)) == 1, proc.stderr
     assert "## Headline" in (tmp_path / "RESULTS.md").read_text()
     assert not (tmp_path / "throughput.png").exists()
+
+
+# -- the discovery stage ------------------------------------------------------------------
+
+DISCOVERY_CELLS = ("discover.cached", "endpoint.cached", "discover.uncached", "consul2.health")
+
+
+@pytest.fixture(scope="module")
+def discovery_run(consul_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-discovery")
+    argv = [
+        sys.executable, "-m", "bench", "--discovery", "--rounds", "1",
+        "--cached-ops", "300", "--uncached-ops", "40", "--changes", "6",
+        "--spaced-seconds", "0.01", "--consul-bin", consul_bin, "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return {"out": out, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_discovery_stage_measures_every_contender(discovery_run: dict[str, Any]) -> None:
+    result = discovery_run["results"]["discovery"]
+    for name in DISCOVERY_CELLS:
+        for n in (1, 64):
+            cell = result["cells"][f"{name}.c{n}"]
+            assert cell["errors"] == 0, (name, n, cell["first_error"])
+            for key in ("ops_per_s", "lat_p50_us", "lat_p99_us", "cpu_us_per_op"):
+                assert _positive(cell["median"][key]), (name, n, key)
+    for mode in ("spaced", "back_to_back"):
+        fresh = result["visibility"][mode]
+        assert fresh["changes"] == 6
+        assert _positive(fresh["p50_ms"])
+        assert fresh["max_ms"] >= fresh["p99_ms"] >= fresh["p50_ms"]
+    target = result["target"]
+    assert target["cached_ops_per_s"] == 50_000
+    assert set(target["best"]) == {"discover.cached", "endpoint.cached"}
+    assert isinstance(target["met"], bool)
+    markdown = (discovery_run["out"] / "DISCOVERY.md").read_text()
+    assert "## Change visibility" in markdown
+    assert "python-consul2 `health.service`" in markdown

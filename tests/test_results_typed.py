@@ -60,6 +60,7 @@ ACCESSORS = [
     "as_register",
     "as_deregister",
     "as_discover",
+    "as_endpoint",
     "as_services",
     "as_check_update",
 ]
@@ -100,6 +101,7 @@ def test_the_dispatch_table_returns_the_exported_types() -> None:
     assert result_type(OPERATIONS["consul.deregister"]) is DeregisterResult
     assert result_type(OPERATIONS["consul.discover"]) is DiscoverResult
     assert result_type(OPERATIONS["consul.services"]) is ServicesResult
+    assert result_type(OPERATIONS["consul.endpoint"]) is EndpointResult
     assert result_type(OPERATIONS["consul.check_update"]) is CheckUpdateResult
 
 
@@ -123,6 +125,7 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     )
     found = await handler.execute(envelope("discover", service=service, cache=False))
     catalog = await handler.execute(envelope("services"))
+    picked = await handler.execute(envelope("endpoint", service=service))
     deregistered = await handler.execute(envelope("deregister", service_id=service))
 
     checks: list[tuple[Any, Any]] = [
@@ -136,6 +139,7 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
         (updated.as_check_update(), CheckUpdateResult),
         (found.as_discover(), DiscoverResult),
         (catalog.as_services(), ServicesResult),
+        (picked.as_endpoint(), EndpointResult),
     ]
     for result, tp in checks:
         assert TypeAdapter(tp).validate_python(result, strict=True) == result
@@ -151,6 +155,7 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     assert updated.as_check_update()["updated"] is True
     assert [i["id"] for i in found.as_discover()["instances"]] == [service]
     assert service in catalog.as_services()["services"]
+    assert picked.as_endpoint()["instance_id"] == service
 
 
 RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
@@ -161,6 +166,7 @@ RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
     "as_register": ("consul.register", {"service_id": "s", "name": "s", "registered": True}),
     "as_deregister": ("consul.deregister", {"service_id": "s", "deregistered": True}),
     "as_discover": ("consul.discover", {"service": "s", "instances": [], "index": 1}),
+    "as_endpoint": ("consul.endpoint", {"service": "s", "address": "h", "port": 1}),
     "as_services": ("consul.services", {"services": {}, "index": 1}),
     "as_check_update": ("consul.check_update", {"check_id": "c", "updated": True}),
 }

@@ -17,6 +17,7 @@ from handler_consul._results import (
     CheckUpdateResult,
     DeregisterResult,
     DiscoverResult,
+    EndpointResult,
     KvGetKeysResult,
     KvGetRecurseResult,
     KvGetResult,
@@ -130,6 +131,10 @@ class HandlerResponse(BaseModel):
         """The result of a ``consul.discover``."""
         return cast(DiscoverResult, self._result_for("as_discover"))
 
+    def as_endpoint(self) -> EndpointResult:
+        """The result of a ``consul.endpoint``."""
+        return cast(EndpointResult, self._result_for("as_endpoint"))
+
     def as_services(self) -> ServicesResult:
         """The result of a ``consul.services``."""
         return cast(ServicesResult, self._result_for("as_services"))
@@ -159,6 +164,7 @@ _ACCESSORS: dict[str, tuple[str, str | None]] = {
     "as_register": ("consul.register", None),
     "as_deregister": ("consul.deregister", None),
     "as_discover": ("consul.discover", None),
+    "as_endpoint": ("consul.endpoint", None),
     "as_services": ("consul.services", None),
     "as_check_update": ("consul.check_update", None),
 }
