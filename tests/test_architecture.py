@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "_clock": 0,
     "_errors": 0,
     "_validation": 0,
+    "_check_policy": 0,
     "_results": 0,
     "_balance": 1,  # the endpoint strategies: pure logic over _results' instances
     "_settings_env": 1,
@@ -41,12 +42,16 @@ LAYERS: dict[str, int] = {
     "_pool": 5,
     "_breaker": 5,
     "_operations.settle": 0,
+    "_operations.values": 5,
     "_operations.effects": 1,
     "_longpoll": 6,
     "_cache": 7,
     "_operations.kv": 6,
     "_operations.service": 6,
     "_operations.discovery": 6,
+    "_operations.session": 6,
+    "_operations.txn": 6,
+    "_operations.watch": 6,
     "_operations": 7,
     "_translate": 8,
     "_parsing": 8,
@@ -54,8 +59,11 @@ LAYERS: dict[str, int] = {
     "_retry": 9,
     "_runtime": 10,
     "_maintain": 10,  # maintained registrations: the runtime's attempts, never the runtime
+    "_coordination": 10,  # needs only a runtime's shape, not its module
     "_lifecycle": 11,
+    "_locks": 11,
     "_effects": 11,
+    "_services": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,
     "": 13,  # handler_consul/__init__.py: the public API

@@ -339,6 +339,8 @@ async def test_short_operations_never_send_a_blocking_query(
     handler = await make_tuned_handler(counter)
     name = uniq("lp")
     k = unique_key()
+    created = await handler.execute({"operation": "consul.session_create", "payload": {}})
+    session = {"session_id": created.result["session_id"]}
     envelopes = [
         kv_put(k, "v"),
         kv_get(k),
@@ -353,6 +355,11 @@ async def test_short_operations_never_send_a_blocking_query(
         {"operation": "consul.endpoint", "payload": {"service": name, "cache": False}},
         {"operation": "consul.services", "payload": {}},
         {"operation": "consul.deregister", "payload": {"service_id": name}},
+        {"operation": "consul.txn", "payload": {"operations": [{"verb": "get", "key": k}]}},
+        {"operation": "consul.kv_delete", "payload": {"key": k}},
+        {"operation": "consul.session_create", "payload": {"ttl": "10s"}},
+        {"operation": "consul.session_renew", "payload": session},
+        {"operation": "consul.session_destroy", "payload": session},
     ]
     counter.reset()
     for env in envelopes:

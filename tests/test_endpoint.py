@@ -154,7 +154,7 @@ async def test_leases_count_for_every_strategy_and_end_with_the_block(handler):
         ):
             assert same["instance_id"] == first["instance_id"]
             assert other["instance_id"] != first["instance_id"]
-    balancer = handler._balancer
+    balancer = handler._services.balancer
     assert balancer._held == {}
 
 

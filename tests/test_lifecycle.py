@@ -34,10 +34,16 @@ OPERATIONS = [
     "consul.deregister",
     "consul.discover",
     "consul.endpoint",
+    "consul.kv_delete",
     "consul.kv_get",
     "consul.kv_put",
     "consul.register",
     "consul.services",
+    "consul.session_create",
+    "consul.session_destroy",
+    "consul.session_renew",
+    "consul.txn",
+    "consul.watch",
 ]
 
 

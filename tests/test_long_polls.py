@@ -376,3 +376,29 @@ async def test_shutdown_runs_closers_while_the_pool_works_then_stops_every_watch
         assert (await check.execute(kv_get(marker))).result["value"] == "closed"
     finally:
         await check.shutdown()
+
+
+async def test_shutdown_ends_blocking_queries_in_flight_at_once(
+    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
+) -> None:
+    """A watch asked to block for 60 s: shutdown() shuts its socket down, so the long-poll
+    thread is free within a second, not at the end of the wait."""
+    handler = await make_tuned_handler(consul_agent)
+    runtime = runtime_of(handler)
+    key = unique_key()
+    await runtime.cache.get(key, key_fetch(key), key_first(runtime, key))  # a watch, 60 s
+    held = BlockingQuery(runtime.long_polls, key_fetch(key), index=10**12)
+    pending = asyncio.ensure_future(held.next(wait_seconds=60.0))
+    await asyncio.sleep(0.3)
+    assert runtime.long_polls.pool.snapshot()["busy"] == 2
+    workers = [t for t in threading.enumerate() if t.name.startswith("handler-consul-watch-")]
+    assert len(workers) == 2
+    started = time.monotonic()
+    await handler.shutdown()
+    for worker in workers:
+        await asyncio.to_thread(worker.join, 5)
+    assert [t.name for t in workers if t.is_alive()] == []
+    assert time.monotonic() - started < 1.5
+    assert pending.done()
+    assert type(pending.exception()).__name__ in {"PoolClosed", "TransportConnectionError"}
+    assert runtime.long_polls.tasks == 0

@@ -1,7 +1,8 @@
 """handler-consul: an asyncio effect handler for HashiCorp Consul.
 
-``HandlerConsul.execute(envelope)`` runs consul.register, consul.deregister, consul.kv_get
-and consul.kv_put through a bounded thread pool behind a circuit breaker. This module is the
+``HandlerConsul.execute(envelope)`` runs the Consul operations of its dispatch table (service
+registration, KV reads and writes, transactions, sessions) through a bounded thread pool
+behind a circuit breaker. This module is the
 public API; every other module of the package is private. See README.md.
 
 The names below are imported on first access (PEP 562): importing the handler pulls in
@@ -26,14 +27,17 @@ if TYPE_CHECKING:
         ErrorContext,
         InfraAuthenticationError,
         InfraConfigurationError,
+        InfraConflictError,
         InfraConnectionError,
         InfraConsulError,
         InfraError,
+        InfraLockTimeoutError,
         InfraTimeoutError,
         InfraUnavailableError,
         InfraValidationError,
     )
     from handler_consul._handler import HandlerConsul
+    from handler_consul._locks import Lease
     from handler_consul._log import CorrelationIdFilter
     from handler_consul._results import (
         CheckUpdateResult,
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
         DiscoverResult,
         EndpointResult,
         InstanceWeights,
+        KvDeleteResult,
         KvEntry,
         KvGetKeysResult,
         KvGetRecurseResult,
@@ -49,6 +54,13 @@ if TYPE_CHECKING:
         RegisterResult,
         ServiceInstance,
         ServicesResult,
+        SessionCreateResult,
+        SessionDestroyResult,
+        SessionRenewResult,
+        TxnAppliedResult,
+        TxnError,
+        TxnRolledBackResult,
+        WatchResult,
     )
     from handler_consul._settings import BreakerSettings, ConsulSettings, RetrySettings
 
@@ -71,23 +83,34 @@ __all__ = [
     "HandlerResponse",
     "InfraAuthenticationError",
     "InfraConfigurationError",
+    "InfraConflictError",
     "InfraConnectionError",
     "InfraConsulError",
     "InfraError",
+    "InfraLockTimeoutError",
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
     "InstanceWeights",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetRecurseResult",
     "KvGetResult",
     "KvPutResult",
+    "Lease",
     "MixinAsyncCircuitBreaker",
     "RegisterResult",
     "RetrySettings",
     "ServiceInstance",
     "ServicesResult",
+    "SessionCreateResult",
+    "SessionDestroyResult",
+    "SessionRenewResult",
+    "TxnAppliedResult",
+    "TxnError",
+    "TxnRolledBackResult",
+    "WatchResult",
     "__version__",
 ]
 
@@ -104,10 +127,13 @@ _HOMES: dict[str, str] = {
     "InfraConnectionError": "handler_consul._errors",
     "InfraConsulError": "handler_consul._errors",
     "InfraError": "handler_consul._errors",
+    "InfraConflictError": "handler_consul._errors",
+    "InfraLockTimeoutError": "handler_consul._errors",
     "InfraTimeoutError": "handler_consul._errors",
     "InfraUnavailableError": "handler_consul._errors",
     "InfraValidationError": "handler_consul._errors",
     "HandlerConsul": "handler_consul._handler",
+    "Lease": "handler_consul._locks",
     "CorrelationIdFilter": "handler_consul._log",
     "CheckUpdateResult": "handler_consul._results",
     "DeregisterResult": "handler_consul._results",
@@ -122,6 +148,14 @@ _HOMES: dict[str, str] = {
     "RegisterResult": "handler_consul._results",
     "ServiceInstance": "handler_consul._results",
     "ServicesResult": "handler_consul._results",
+    "KvDeleteResult": "handler_consul._results",
+    "SessionCreateResult": "handler_consul._results",
+    "SessionDestroyResult": "handler_consul._results",
+    "SessionRenewResult": "handler_consul._results",
+    "TxnAppliedResult": "handler_consul._results",
+    "TxnError": "handler_consul._results",
+    "TxnRolledBackResult": "handler_consul._results",
+    "WatchResult": "handler_consul._results",
     "BreakerSettings": "handler_consul._settings",
     "ConsulSettings": "handler_consul._settings",
     "RetrySettings": "handler_consul._settings",

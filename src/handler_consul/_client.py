@@ -22,7 +22,8 @@ __all__ = ["ConsulClient"]
 
 
 class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 ships no types
-    """The endpoints the operations use: kv, agent, status, health, catalog."""
+    """The endpoints the operations use: kv, agent, status, health, catalog, session, and
+    :meth:`txn`."""
 
     def __init__(self, transport: ConsulTransport, *, datacenter: str | None) -> None:
         # Deliberately not calling super().__init__: see the module docstring.
@@ -36,6 +37,7 @@ class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 
         self.status = consul_base.Consul.Status(self)
         self.health = consul_base.Consul.Health(self)
         self.catalog = consul_base.Consul.Catalog(self)
+        self.session = consul_base.Consul.Session(self)
 
     def __repr__(self) -> str:
         return f"ConsulClient({self.http!r}, datacenter={self.dc!r})"
@@ -121,6 +123,28 @@ class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 
 
         body = json.dumps({"Status": status, "Output": output}, separators=(",", ":"))
         return self.http.put(callback, path=path, data=body)
+
+    def txn(self, operations: bytes) -> Any:
+        """PUT /v1/txn with the operations already encoded: ``(status, body)``, where status
+        is 200 (applied) or 409 (rolled back; the body says which operation failed).
+
+        python-consul2 0.1.5's ``txn.put`` sends no ``dc`` and lets its callback raise on the
+        409 that carries the answer, so the request is made here.
+        """
+        params = [("dc", self.dc)] if self.dc else None
+        return self.http.put(_TxnAnswer(), path="/v1/txn", params=params, data=operations)
+
+
+class _TxnAnswer:
+    """The txn callback: Consul's 409 is an answer (a rollback), so the transport passes it
+    through whole instead of raising with a shortened body."""
+
+    accept_statuses = frozenset({409})
+
+    def __call__(self, response: consul_base.Response) -> tuple[int, Any]:
+        if response.code not in (200, 409):
+            raise HTTPStatusError(response.code, response.body, method="PUT", path="/v1/txn")
+        return response.code, json.loads(response.body)
 
 
 def _require_ok(method: str, path: str) -> Any:

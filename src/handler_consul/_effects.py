@@ -66,6 +66,12 @@ class EnvelopeEffects:
         self.attempts = 0
 
     @property
+    def runtime(self) -> Runtime:
+        """The runtime served from: background work (``runtime.long_polls.spawn``) and
+        shutdown cleanups (``runtime.add_closer``) belong to it."""
+        return self._runtime
+
+    @property
     def datacenter(self) -> str | None:
         return self._fields.datacenter
 
@@ -76,6 +82,10 @@ class EnvelopeEffects:
     def error(self, error_class: type[E], message: str) -> E:
         context = make_context(self._fields, error_class, attempts=self.attempts)
         return error_class(redact(message, self._runtime.token), context=context)
+
+    @property
+    def min_interval_seconds(self) -> float:
+        return self._runtime.settings.long_poll.min_interval_seconds
 
     def _operation(self, run: Run[Any, Any], idempotent: bool, name: str | None) -> Operation:
         # An ad-hoc table row: Attempts reads its name (logs, errors) and idempotency rule.

@@ -9,19 +9,18 @@ docs/patterns/architecture.md draws the whole map.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from uuid import UUID
 
-from handler_consul._balance import Balancer, Strategy
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY
 from handler_consul._clock import Clock, Sleep, monotonic
+from handler_consul._coordination import Calls, Updater, kv_update, watch
 from handler_consul._effects import EnvelopeEffects
-from handler_consul._envelope import Envelope, HandlerResponse
+from handler_consul._envelope import Envelope, HandlerResponse, new_correlation_id
 from handler_consul._errors import (
     ContextFields,
     InfraError,
@@ -29,25 +28,15 @@ from handler_consul._errors import (
     make_context,
 )
 from handler_consul._lifecycle import Lifecycle
+from handler_consul._locks import LockContext, lock_request
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
-from handler_consul._maintain import Maintenance
 from handler_consul._operations import OPERATIONS
-from handler_consul._operations.discovery import (
-    BALANCER,
-    OUTAGES,
-    DiscoverPayload,
-    LeaseOptions,
-    as_endpoint,
-    fallback_result,
-    no_healthy_instance,
-)
-from handler_consul._operations.service import MAINTENANCE
-from handler_consul._parsing import parse_envelope, parse_options
-from handler_consul._results import EndpointResult
+from handler_consul._parsing import parse_envelope
+from handler_consul._results import EndpointResult, WatchResult
 from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
+from handler_consul._services import Services, hold
 from handler_consul._settings import BreakerSettings, ConsulSettings
-from handler_consul._validation import DEFAULT_CHECK_POLICY
 from handler_consul._version import __version__
 
 if TYPE_CHECKING:
@@ -84,10 +73,9 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
         self._telemetry: Telemetry | None = None
-        # Both outlive a re-initialize: round-robin positions and held leases are the
-        # process's, and a maintained registration stays maintained on the new runtime.
-        self._balancer = Balancer(rng)
-        self._maintenance = Maintenance(clock)
+        # Round-robin positions, held leases and maintained registrations outlive a runtime.
+        self._services = Services(clock, rng)
+        self._calls = Calls(self._call, lambda: self._lifecycle.runtime, clock, rng)
         if tracer_provider is not None or meter_provider is not None:
             self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
@@ -107,19 +95,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         connections and never replies. A second call replaces the old resources cleanly.
         """
         await self._lifecycle.initialize(config)
-        runtime = self._lifecycle.runtime
-        if runtime is not None and MAINTENANCE not in runtime.state:
-            # The new runtime serves envelopes from here on (no await since it was
-            # installed): give it the process-wide balancer and the maintained services.
-            runtime.state[BALANCER] = self._balancer
-            runtime.state[MAINTENANCE] = self._maintenance
-            self._maintenance.attach(
-                runtime.attempts,
-                runtime.long_polls,
-                runtime.settings,
-                runtime.target,
-                runtime.add_closer,
-            )
+        self._services.attach(self._lifecycle.runtime)
 
     async def shutdown(self) -> None:
         """Refuse new envelopes, let in-flight ones finish within the grace period, then fail
@@ -202,6 +178,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         envelope: Envelope | Mapping[str, Any],
         started: float,
         observer: AttemptObserver | None,
+        closing_ok: bool = False,
     ) -> HandlerResponse:
         lifecycle = self._lifecycle
         runtime = lifecycle.runtime
@@ -219,9 +196,11 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         chosen = getattr(payload, "datacenter", None)
         if chosen and chosen != datacenter:
             datacenter, target = chosen, f"consul.{chosen}"
-        correlation_id = env.correlation_id or _new_correlation_id()
+        correlation_id = env.correlation_id or new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()
+        if closing_ok and lifecycle.state == "shutting_down":
+            refusal = None  # shutdown's own cleanup (releasing locks) while the pools work
         if runtime is None or refusal is not None:
             raise InfraUnavailableError(
                 refusal or _NOT_INITIALIZED,
@@ -251,6 +230,101 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             round(duration * 1000.0, 3),
         )
 
+    def _effects(
+        self, name: str, *, datacenter: str | None = None, timeout: float | None = None
+    ) -> EnvelopeEffects:
+        """Effects for a Python-level call (a lock, a watch, ``kv_update``, a lease): the
+        same breaker, retries, pools and translation an envelope of ``name`` gets, with
+        ``timeout`` (default ``timeout_seconds``) as its deadline. Raises
+        InfraUnavailableError when the handler is not running."""
+        lifecycle = self._lifecycle
+        runtime = lifecycle.runtime
+        settings = runtime.settings if runtime is not None else self._base_settings
+        datacenter = datacenter or (settings.datacenter if settings else None)
+        target = f"consul.{datacenter or 'default'}"
+        fields = ContextFields(name, new_correlation_id(), target, datacenter)
+        refusal = lifecycle.refusal()
+        if runtime is None or refusal is not None:
+            raise InfraUnavailableError(
+                refusal or _NOT_INITIALIZED,
+                context=make_context(fields, InfraUnavailableError, attempts=0),
+            )
+        deadline = self._clock() + (timeout or runtime.settings.timeout_seconds)
+        return EnvelopeEffects(
+            runtime,
+            self.circuit_breaker(datacenter),
+            fields,
+            deadline,
+            self._telemetry,
+            self._clock,
+        )
+
+    # -- KV coordination -------------------------------------------------------------------
+
+    def lock(
+        self,
+        key: str,
+        *,
+        ttl: str = "15s",
+        wait: float = 30.0,
+        lock_delay: str = "15s",
+        value: str | bytes = "",
+    ) -> LockContext:
+        """``async with handler.lock(key) as lease``: a session holding ``key``.
+
+        Waits up to ``wait`` seconds on a blocking query while someone else holds it
+        (InfraLockTimeoutError after). ``lease.fencing_token`` strictly increases across
+        every holder of the key; ``lease.lost`` is set when the lock can no longer be
+        trusted. Released on exit, on cancellation and at shutdown().
+        See docs/patterns/kv_coordination.md.
+        """
+        request = lock_request(key=key, ttl=ttl, wait=wait, lock_delay=lock_delay, value=value)
+        return LockContext(self._calls, request)
+
+    async def kv_update(self, key: str, fn: Updater, *, max_attempts: int = 10) -> str | bytes:
+        """Read-modify-write with CAS: store ``fn(current)``, where ``current`` is the value
+        (text, or bytes when not UTF-8) or None; retried on a CAS miss, InfraConflictError
+        after ``max_attempts``. Returns the stored value."""
+        return await kv_update(self._calls, key, fn, max_attempts=max_attempts)
+
+    def watch(
+        self,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        service: str | None = None,
+        wait: float = 60.0,
+    ) -> AsyncIterator[WatchResult]:
+        """``async for change in handler.watch(key=...)``: the state now, then each change of
+        the key, prefix or service (one of them), by blocking queries in the long-poll pool.
+        Rides out transient failures; ends at shutdown()."""
+        given = {"key": key, "prefix": prefix, "service": service}
+        chosen = {kind: target for kind, target in given.items() if target is not None}
+        # One target; none, or two, is refused by consul.watch's rules, naming the field.
+        payload = {"kind": next(iter(chosen), "key"), **chosen}
+        return watch(self._calls, payload, wait=wait)
+
+    async def _call(
+        self,
+        operation: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        closing: bool = False,
+    ) -> dict[str, Any]:
+        """One operation for the Python APIs above, exactly as execute() runs it; with
+        ``closing``, also while shutdown releases what is held."""
+        envelope: dict[str, Any] = {"operation": operation, "payload": payload}
+        if timeout is not None:
+            envelope["timeout_seconds"] = timeout
+        started = self._clock()
+        try:
+            response = await self._execute(envelope, started, None, closing)
+        except InfraError as error:
+            log_envelope_failure(error, self._clock() - started)
+            raise
+        return response.result
+
     # -- introspection -------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -273,74 +347,26 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "cache": runtime.cache.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,
-            "maintained": self._maintenance.snapshot(),
+            "maintained": self._services.maintenance.snapshot(),
             "settings": settings.public_dict() if settings else None,
         }
 
-    # -- endpoints held for a while -------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lease(
+    def lease(
         self,
         service: str,
         *,
-        strategy: Strategy = "round_robin",
+        strategy: str = "round_robin",
         fallback: str | None = None,
         timeout_seconds: float | None = None,
         **filters: Any,
-    ) -> AsyncIterator[EndpointResult]:
-        """Hold one healthy instance of ``service`` for the ``async with`` block.
-
-        ``filters`` are ``consul.discover``'s (``tags``, ``passing_only``, ``datacenter``,
-        ``near``, ``node_meta``, ``cache``), read through :meth:`execute` like any envelope.
-        ``strategy`` is ``consul.endpoint``'s, or ``least_connections``: the instance with
-        the fewest leases held in this process. The lease counts until the block ends. With
-        no healthy instance, or Consul unreachable and nothing fresh in the cache, the
-        ``fallback`` (``"host:port"``) is yielded, else the error is raised.
-        """
-        runtime = self._lifecycle.runtime
+    ) -> AbstractAsyncContextManager[EndpointResult]:
+        """``async with handler.lease(service) as endpoint``: one healthy instance, counted
+        as held until the block ends (what ``least_connections`` reads). ``filters`` are
+        ``consul.discover``'s; see :func:`handler_consul._services.hold`."""
+        runtime, options = self._lifecycle.runtime, {"strategy": strategy, "fallback": fallback}
         settings = runtime.settings if runtime else self._base_settings
-        target = settings.breaker_name if settings else "consul.default"
-        datacenter = settings.datacenter if settings else None
-        options = parse_options(
-            LeaseOptions,
-            {"strategy": strategy, "fallback": fallback},
-            "consul.endpoint",
-            target,
-            datacenter,
-        )
-        envelope: dict[str, Any] = {
-            "operation": "consul.discover",
-            "payload": {"service": service, **filters},
-        }
-        if timeout_seconds is not None:
-            envelope["timeout_seconds"] = timeout_seconds
-        try:
-            found = (await self.execute(envelope)).as_discover()
-        except OUTAGES:
-            if options.fallback is None:
-                raise
-            yield fallback_result(service, options.fallback)
-            return
-        query = DiscoverPayload.model_validate(envelope["payload"]).query_key()
-        picked = self._balancer.pick(query, found["instances"], options.strategy)
-        if picked is None:
-            if options.fallback is None:
-                raise InfraUnavailableError(
-                    f"consul.endpoint: {no_healthy_instance(service)}",
-                    context=make_context(
-                        ContextFields("consul.endpoint", None, target, datacenter),
-                        InfraUnavailableError,
-                        attempts=0,
-                    ),
-                )
-            yield fallback_result(service, options.fallback)
-            return
-        held = self._balancer.acquire(picked)
-        try:
-            yield as_endpoint(service, picked, found)
-        finally:
-            self._balancer.release(held)
+        return hold(self.execute, self._services.balancer, service, options, filters,
+                    timeout_seconds=timeout_seconds, settings=settings)  # fmt: skip
 
     async def health_check(self) -> dict[str, Any]:
         """Ask Consul for its leader (no ACL needed); report latency and breaker state.
@@ -392,21 +418,3 @@ def _on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
         new.value,
         extra={"target": name, "breaker_from": old.value, "breaker_to": new.value},
     )
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
-
-
-def _new_correlation_id() -> UUID:
-    """A random version-4 UUID without a syscall and without ``UUID.__init__``.
-
-    ``uuid.uuid4()`` reads os.urandom, which releases the GIL; getting it back behind busy
-    worker threads cost ~100 µs per envelope in profiles. Correlation IDs need uniqueness,
-    not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
-    bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
-    """
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
-    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
-    return value

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock
+from handler_consul._operations.effects import next_index, wait_text
 from handler_consul._operations.settle import run_to_completion
 from handler_consul._pool import BoundedThreadPool
 from handler_consul._settings import LongPollSettings
@@ -44,20 +45,6 @@ P = TypeVar("P")
 
 # Consul caps a blocking query's wait at ten minutes.
 MAX_WAIT_SECONDS = 600.0
-
-
-def next_index(previous: int, returned: int) -> int:
-    """The ``index`` of the next round, from the last one sent and the X-Consul-Index
-    returned, by Consul's rules: backwards resets to 0; below 1 becomes 1."""
-    returned = max(returned, 0)  # an unsigned integer in Consul; anything else is garbage
-    if returned < previous:
-        return 0
-    return max(returned, 1)
-
-
-def wait_text(seconds: float) -> str:
-    """Consul's duration syntax for ``wait``: whole milliseconds (``"1500ms"``)."""
-    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _call(
@@ -94,6 +81,7 @@ class LongPolls:
             # request would take; callers with a deadline give up sooner.
             max_wait_seconds=request_timeout,
             max_queued=settings.max_watches * 4,
+            name="handler-consul-watch",
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -144,10 +132,10 @@ class LongPolls:
         return {**self.pool.snapshot(), "background_tasks": len(self._tasks)}
 
     def close(self) -> None:
-        """Stop taking work, cancel background tasks and close idle connections.
-
-        Never joins a thread: a worker inside a blocking query returns by its deadline, into
-        a closed pool. :meth:`aclose` also waits for the cancelled tasks to finish.
+        """Stop taking work, cancel background tasks, end the blocking queries in flight
+        (their sockets are shut down, so their threads return now rather than at the end of
+        their wait) and close idle connections. Never joins a thread. :meth:`aclose` also
+        waits for the cancelled tasks to finish.
         """
         if self.closed:
             return
@@ -156,6 +144,7 @@ class LongPolls:
             task.cancel()
         self.pool.close()
         self.client.http.close()
+        self.client.http.abort_in_flight()
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait (briefly) for the cancelled tasks to unwind."""

@@ -52,10 +52,10 @@ from handler_consul._operations.service import (
     deregister,
     read_registration,
     register,
-    ttl_seconds,
 )
 from handler_consul._retry import Attempts
 from handler_consul._settings import BreakerSettings, ConsulSettings
+from handler_consul._validation import duration_seconds
 
 __all__ = ["Maintenance"]
 
@@ -143,7 +143,7 @@ class Maintenance:
             return
         await self.forget(payload.effective_id)
         check = payload.check
-        heartbeat = ttl_seconds(check.ttl) / 3 if check is not None and check.ttl else None
+        heartbeat = duration_seconds(check.ttl) / 3 if check is not None and check.ttl else None
         kept = _Kept(payload, payload.ttl_check_id, heartbeat, confirmed_at=self._clock())
         self._kept[payload.effective_id] = kept
         self._start(link, kept)

@@ -14,10 +14,10 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._envelope import Envelope
 from handler_consul._errors import ContextFields, InfraValidationError, make_context
 from handler_consul._operations import OPERATIONS, Operation
-from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["parse_envelope", "parse_options"]
 

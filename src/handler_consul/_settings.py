@@ -40,6 +40,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from handler_consul._check_policy import CheckPolicy
 from handler_consul._errors import InfraConfigurationError
 from handler_consul._settings_env import (
     canonical,
@@ -60,7 +61,7 @@ from handler_consul._settings_parts import (
     MaintainSettings,
     RetrySettings,
 )
-from handler_consul._validation import DATACENTER, CheckPolicy
+from handler_consul._validation import DATACENTER
 
 __all__ = [
     "BreakerSettings",

@@ -28,8 +28,11 @@ from handler_consul._operations.discovery import (
 )
 from handler_consul._operations.effects import Effects
 from handler_consul._operations.kv import (
+    KvDeletePayload,
     KvGetPayload,
     KvPutPayload,
+    kv_delete,
+    kv_delete_is_idempotent,
     kv_get,
     kv_put,
     kv_put_is_idempotent,
@@ -44,7 +47,16 @@ from handler_consul._operations.service import (
     serve_deregister,
     serve_register,
 )
+from handler_consul._operations.session import (
+    SessionCreatePayload,
+    SessionIdPayload,
+    session_create,
+    session_destroy,
+    session_renew,
+)
 from handler_consul._operations.settle import run_to_completion
+from handler_consul._operations.txn import TxnPayload, txn, txn_is_idempotent
+from handler_consul._operations.watch import WatchPayload, serve_kv_get, serve_watch, watch_step
 
 __all__ = ["OPERATIONS", "Effects", "Operation", "call_leader", "call_operation"]
 
@@ -83,8 +95,18 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation(
             "consul.deregister", DeregisterPayload, deregister, _never, serve=serve_deregister
         ),
-        Operation("consul.kv_get", KvGetPayload, kv_get),
+        # Served on the loop: "consistency": "cached" reads from memory, the rest is one
+        # short request as before.
+        Operation("consul.kv_get", KvGetPayload, kv_get, serve=serve_kv_get),
         Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
+        Operation("consul.kv_delete", KvDeletePayload, kv_delete, kv_delete_is_idempotent),
+        Operation("consul.txn", TxnPayload, txn, txn_is_idempotent),
+        # Not re-sent after an unknown outcome: the first may have created a session that
+        # nobody would know of, holding nothing but never destroyed before its TTL.
+        Operation("consul.session_create", SessionCreatePayload, session_create, _never),
+        Operation("consul.session_renew", SessionIdPayload, session_renew),
+        Operation("consul.session_destroy", SessionIdPayload, session_destroy),
+        Operation("consul.watch", WatchPayload, watch_step, serve=serve_watch),
         # Cached by default (the query cache, kept fresh by blocking queries).
         Operation("consul.discover", DiscoverPayload, discover, serve=serve_discover),
         Operation("consul.endpoint", EndpointPayload, endpoint, serve=serve_endpoint),

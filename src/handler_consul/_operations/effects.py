@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from handler_consul._errors import InfraError
 
-__all__ = ["Cached", "Effects", "StaleAnswer"]
+__all__ = ["Cached", "Effects", "StaleAnswer", "next_index", "wait_text"]
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -25,6 +25,20 @@ E = TypeVar("E", bound=InfraError)
 Run = Callable[[Any, P], Coroutine[Any, Any, T]]
 # One blocking round: (client, (index, wait)) -> (X-Consul-Index, result).
 Fetch = Callable[[Any, tuple[int, str]], Coroutine[Any, Any, tuple[int, T]]]
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The ``index`` of the next round, from the last one sent and the X-Consul-Index
+    returned, by Consul's rules: backwards resets to 0; below 1 becomes 1."""
+    returned = max(returned, 0)  # an unsigned integer in Consul; anything else is garbage
+    if returned < previous:
+        return 0
+    return max(returned, 1)
+
+
+def wait_text(seconds: float) -> str:
+    """Consul's duration syntax for ``wait``: whole milliseconds (``"1500ms"``)."""
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,11 @@ class Effects(Protocol):
     def error(self, error_class: type[E], message: str) -> E:
         """An error of this envelope (its context: operation, correlation ID, datacenter,
         attempts so far), for the operation's own verdicts, such as no healthy instance."""
+
+    @property
+    def min_interval_seconds(self) -> float:
+        """``long_poll.min_interval_seconds``: the least time between two blocking rounds on
+        one target when the first came straight back."""
 
     async def call(
         self, run: Run[P, T], payload: P, *, idempotent: bool = True, name: str | None = None

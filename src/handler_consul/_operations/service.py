@@ -9,7 +9,6 @@ heartbeat can never bring it back.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
@@ -23,16 +22,15 @@ from pydantic import (
     model_validator,
 )
 
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._client import ConsulClient
 from handler_consul._errors import InfraUnavailableError
 from handler_consul._operations.effects import Effects
 from handler_consul._operations.settle import settle
 from handler_consul._results import CheckUpdateResult, DeregisterResult, RegisterResult
 from handler_consul._validation import (
-    DEFAULT_CHECK_POLICY,
-    CheckId,
+    AgentCheckId,
     CheckOutput,
-    CheckPolicy,
     Duration,
     ServiceAddress,
     ServiceId,
@@ -40,6 +38,7 @@ from handler_consul._validation import (
     Tag,
     Text,
     check_meta,
+    duration_seconds,
 )
 
 __all__ = [
@@ -59,7 +58,6 @@ __all__ = [
     "register",
     "serve_deregister",
     "serve_register",
-    "ttl_seconds",
 ]
 
 # Where the handler keeps its Maintainer in the runtime's state.
@@ -209,7 +207,7 @@ class RegisterPayload(BaseModel):
     def _heartbeat_is_sane(cls, maintain: bool, info: ValidationInfo) -> bool:
         check = info.data.get("check")
         ttl = check.ttl if maintain and check is not None else None
-        if ttl is not None and ttl_seconds(ttl) < MIN_MAINTAINED_TTL_SECONDS:
+        if ttl is not None and duration_seconds(ttl) < MIN_MAINTAINED_TTL_SECONDS:
             raise ValueError(
                 f"needs a ttl of at least {MIN_MAINTAINED_TTL_SECONDS:g}s: the check is "
                 "passed every ttl/3"
@@ -268,7 +266,7 @@ class CheckUpdatePayload(BaseModel):
 
     model_config = _STRICT
 
-    check_id: CheckId
+    check_id: AgentCheckId
     status: Literal["passing", "warning", "critical"]
     output: CheckOutput = ""
 
@@ -277,15 +275,6 @@ async def check_update(client: ConsulClient, payload: CheckUpdatePayload) -> Che
     # A check the agent does not know is python-consul2's NotFound: a typed 404 that names it.
     await settle(client.update_check(payload.check_id, payload.status, payload.output))
     return {"check_id": payload.check_id, "status": payload.status, "updated": True}
-
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-
-
-def ttl_seconds(duration: str) -> float:
-    """A Go duration (already validated) in seconds: ``"1m30s"`` -> 90.0."""
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(duration))
 
 
 async def read_registration(client: ConsulClient, service_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,232 @@
+"""The Python side of KV coordination: ``kv_update`` and ``watch``, and the way locks, updates
+and watches reach Consul (:class:`Calls`).
+
+Every request they make is an operation of the dispatch table run by the handler itself:
+validated by the same models, through the same breaker, retries, pools and error
+translation as ``execute()``. What they add is the loop around it:
+
+- ``kv_update`` reads, applies the caller's function and writes back with a CAS on the index
+  it read, until a write lands or the attempts run out (:class:`InfraConflictError`);
+- ``watch`` follows a key, a prefix or a service with ``consul.watch`` steps (blocking
+  queries in the long-poll pool), yields an answer only when its content changed, rides out
+  transient failures by reading afresh, and ends when the handler shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from handler_consul._clock import Clock
+from handler_consul._errors import (
+    ContextFields,
+    InfraConflictError,
+    InfraConnectionError,
+    InfraUnavailableError,
+    make_context,
+)
+from handler_consul._results import WatchResult
+
+__all__ = ["Calls", "Host", "Stoppable", "Updater", "kv_update", "stop_on_shutdown", "watch"]
+
+# Between two CAS attempts that lost: full jitter under a ceiling that doubles from this, so
+# that writers which collided do not collide again in lockstep.
+_CAS_BACKOFF_FIRST, _CAS_BACKOFF_MAX = 0.005, 0.5
+# A watch whose step failed reads afresh after this, doubling up to the cap.
+_WATCH_RETRY_FIRST, _WATCH_RETRY_MAX = 0.05, 2.0
+_STOPPABLES = "coordination.stoppables"
+
+
+class Host(Protocol):
+    """What coordination needs of the runtime serving now (a ``Runtime``; this module sits
+    beside it, below the lock code that also needs its pools)."""
+
+    state: dict[str, Any]
+    target: str
+    settings: Any
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None: ...
+
+
+class _Call(Protocol):
+    def __call__(
+        self,
+        operation: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        closing: bool = False,
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Calls:
+    """How coordination code reaches Consul and the runtime it works for.
+
+    ``call(operation, payload, timeout=, closing=)`` runs one operation as ``execute()``
+    would and returns its result; ``closing=True`` lets it run while shutdown releases
+    what is held (new envelopes are refused by then). ``runtime()`` is the runtime serving
+    now (None when the handler is not running).
+    """
+
+    call: _Call
+    runtime: Callable[[], Host | None]
+    clock: Clock
+    rng: Callable[[], float]  # the handler's: jitter between CAS attempts
+
+
+class Stoppable(Protocol):
+    """Work a shutdown must end before the pools close (a watch, a lease)."""
+
+    async def stop(self) -> None: ...
+
+
+def stop_on_shutdown(runtime: Host, work: Stoppable) -> Callable[[], None]:
+    """Register ``work`` with the runtime's shutdown; returns the call that unregisters it.
+
+    One closer per runtime stops everything registered, concurrently, within the grace
+    period the closers share.
+    """
+    registered: set[Stoppable] | None = runtime.state.get(_STOPPABLES)
+    if registered is None:
+        registered = runtime.state[_STOPPABLES] = set()
+        stoppables = registered
+
+        async def stop_all() -> None:
+            pending = list(stoppables)
+            stoppables.clear()
+            await asyncio.gather(*(w.stop() for w in pending), return_exceptions=True)
+
+        runtime.add_closer(stop_all)
+    registered.add(work)
+    return lambda: registered.discard(work)
+
+
+# -- kv_update -------------------------------------------------------------------------------
+
+Updater = Callable[[str | bytes | None], "str | bytes | Awaitable[str | bytes]"]
+
+
+def _current(result: Mapping[str, Any]) -> str | bytes | None:
+    """The value kv_get found, as the updater sees it: text, raw bytes, or None."""
+    if not result["found"]:
+        return None
+    if result["encoding"] == "base64":
+        return base64.b64decode(result["value"])
+    value: str = result["value"]
+    return value
+
+
+async def kv_update(calls: Calls, key: str, fn: Updater, *, max_attempts: int = 10) -> str | bytes:
+    """Read ``key``, store ``fn(current)`` with a CAS on the index read, repeat on a CAS
+    miss; the stored value, or InfraConflictError after ``max_attempts`` misses.
+
+    ``fn`` gets the value (text, or bytes when it is not UTF-8) or None when the key is
+    missing, and returns the new value (str or bytes; it may be a coroutine function). It
+    may run more than once: it must not have side effects of its own.
+    """
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError("max_attempts must be an int of at least 1")
+    ceiling = _CAS_BACKOFF_FIRST
+    for attempt in range(1, max_attempts + 1):
+        got = await calls.call("consul.kv_get", {"key": key})
+        new = fn(_current(got))
+        if inspect.isawaitable(new):
+            new = await new
+        if not isinstance(new, str | bytes):
+            raise TypeError(f"kv_update: fn returned {type(new).__name__}, not str or bytes")
+        cas = got["modify_index"] if got["found"] else 0
+        written = await calls.call("consul.kv_put", {"key": key, "value": new, "cas": cas})
+        if written["applied"]:
+            return new
+        if attempt < max_attempts:
+            await asyncio.sleep(calls.rng() * ceiling)
+            ceiling = min(ceiling * 2, _CAS_BACKOFF_MAX)
+    runtime = calls.runtime()
+    target = runtime.target if runtime is not None else "consul.default"
+    datacenter = runtime.settings.datacenter if runtime is not None else None
+    fields = ContextFields("kv_update", None, target, datacenter)
+    raise InfraConflictError(
+        f"kv_update: {key!r} changed under every one of {max_attempts} CAS attempts",
+        context=make_context(fields, InfraConflictError, attempts=max_attempts, request_sent=True),
+    )
+
+
+# -- watch -----------------------------------------------------------------------------------
+
+
+class _Watch:
+    """One ``watch()`` iterator's state: the step in flight, so shutdown can end it."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.step: asyncio.Task[dict[str, Any]] | None = None
+
+    async def stop(self) -> None:
+        self.stopped = True
+        if self.step is not None:
+            self.step.cancel()
+
+
+async def watch(
+    calls: Calls, payload: dict[str, Any], *, wait: float
+) -> AsyncIterator[WatchResult]:
+    """Yield the target's state now, then each time its content changes.
+
+    Transient failures (Consul unreachable, an open breaker) are ridden out: the watch waits
+    a little, reads afresh, and yields if the content changed meanwhile. Anything else
+    (refused credentials, a rejected request) is raised. It ends when the handler shuts down.
+    """
+    index = 0
+    last: Any = _NOTHING
+    retry = _WATCH_RETRY_FIRST
+    state = _Watch()
+    unregister: Callable[[], None] | None = None
+    try:
+        while not state.stopped:
+            runtime = calls.runtime()
+            if runtime is None:
+                return
+            if unregister is None:
+                unregister = stop_on_shutdown(runtime, state)
+            step_payload = {**payload, "index": index, "wait": wait}
+            state.step = asyncio.ensure_future(calls.call("consul.watch", step_payload))
+            try:
+                step = await state.step
+            except asyncio.CancelledError:
+                if state.stopped:
+                    return  # shutdown ended the step, not our caller
+                raise
+            except (InfraConnectionError, InfraUnavailableError):
+                if calls.runtime() is not runtime:
+                    return  # shut down (or replaced) under us
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _WATCH_RETRY_MAX)
+                index = 0  # the agent that answers next may be behind: read afresh
+                continue
+            finally:
+                state.step = None
+            retry = _WATCH_RETRY_FIRST
+            index = step["index"]
+            content = _content(step["result"])
+            if content != last:
+                last = content
+                yield {"index": step["index"], "changed": True, "result": step["result"]}
+    finally:
+        if unregister is not None:
+            unregister()
+        if state.step is not None:
+            state.step.cancel()
+
+
+_NOTHING = object()
+
+
+def _content(result: Mapping[str, Any]) -> Any:
+    """What a change is judged by: the result without the index of the answer, which moves
+    with unrelated writes (and with the cache's bookkeeping)."""
+    return {k: v for k, v in result.items() if k != "index"}

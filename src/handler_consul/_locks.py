@@ -1,0 +1,367 @@
+"""Locks with fencing tokens: ``async with handler.lock(key) as lease``.
+
+A lock is a key held by a Consul session (docs/patterns/kv_coordination.md says why each
+step is there):
+
+- **acquire**: a session (its TTL, lock-delay, ``release`` behaviour), then a transaction
+  that locks the key with it. The transaction's Raft index is the lease's
+  ``fencing_token``: every later acquisition of the key, by anyone, is a later Raft write,
+  so tokens strictly increase across holders, processes and restarts.
+- **wait**: while another session holds the key, a blocking query on it (a ``consul.watch``
+  step in the long-poll pool) sleeps until the key changes; no polling. Only a key that
+  looks free yet refuses the lock (Consul's lock-delay after an invalidated session) is
+  retried on a short backoff. ``wait`` seconds later: :class:`InfraLockTimeoutError`.
+- **hold**: the session is renewed every ttl/2 from its creation, and a blocking query
+  follows the key. ``lease.lost`` is set when a renewal finds the session gone, when the
+  key shows another session or none, or once ``ttl`` has passed since the last renewal that
+  succeeded was sent: Consul waits up to twice the TTL before invalidating, so the holder
+  always stops believing first.
+- **release**: on exit, also on cancellation and at ``shutdown()``: ``lost`` is set, the key
+  released, the session destroyed (released first, so no lock-delay holds up the next).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from handler_consul._coordination import Calls, stop_on_shutdown
+from handler_consul._errors import (
+    ContextFields,
+    InfraError,
+    InfraLockTimeoutError,
+    InfraUnavailableError,
+    InfraValidationError,
+    make_context,
+)
+from handler_consul._log import handler_log
+from handler_consul._operations.values import check_value
+from handler_consul._runtime import Runtime
+from handler_consul._validation import KvKey, LockDelay, SessionTtl, duration_seconds
+
+__all__ = ["Lease", "LockContext", "LockRequest"]
+
+# A key that looks free but refuses the lock is retried after this, doubling up to the cap.
+_REFUSED_FIRST, _REFUSED_MAX = 0.05, 1.0
+# A failed blocking round on a held key is retried after this, doubling up to the cap.
+_FOLLOW_RETRY_FIRST, _FOLLOW_RETRY_MAX = 0.05, 2.0
+
+
+class LockRequest(BaseModel):
+    """``lock()``'s arguments, checked before anything is sent."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    key: KvKey
+    ttl: SessionTtl = "15s"
+    wait: float = Field(30.0, ge=0, le=86400, allow_inf_nan=False)
+    lock_delay: LockDelay = "15s"
+    value: str | bytes = ""
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | bytes) -> str | bytes:
+        return check_value(value, "utf-8")
+
+
+def lock_request(**arguments: Any) -> LockRequest:
+    """The request, or InfraValidationError naming the argument (its value never shown)."""
+    try:
+        return LockRequest(**arguments)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        # The first part names the argument; the rest are pydantic's union tags.
+        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "lock"
+        fields = ContextFields("lock", None, "consul.default", None)
+        problem = InfraValidationError(
+            f"invalid lock(): {field}: {errors[0]['msg']}",
+            context=make_context(fields, InfraValidationError, attempts=0, field=field),
+            errors=[{"field": field, "type": errors[0]["type"], "message": errors[0]["msg"]}],
+        )
+    raise problem
+
+
+class Lease:
+    """A held lock. ``fencing_token`` goes with every write the lock protects; ``lost`` is
+    set the moment the lock can no longer be trusted to be held (and on release)."""
+
+    def __init__(self, calls: Calls, runtime: Runtime, request: LockRequest, session_id: str):
+        self.key = request.key
+        self.session_id = session_id
+        self.fencing_token = 0
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self._calls = calls
+        self._runtime = runtime
+        self._request = request
+        self._ttl = duration_seconds(request.ttl)
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ending: asyncio.Task[None] | None = None
+        self._unregister = stop_on_shutdown(runtime, self)
+
+    def __repr__(self) -> str:
+        state = f"lost: {self.lost_reason}" if self.lost.is_set() else "held"
+        return f"Lease({self.key!r}, fencing_token={self.fencing_token}, {state})"
+
+    @property
+    def held(self) -> bool:
+        return self.fencing_token > 0 and not self.lost.is_set()
+
+    # -- losing it -----------------------------------------------------------------------
+
+    def _lose(self, why: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_reason = why
+        self.lost.set()
+        if self.fencing_token and why != "released":
+            handler_log.warning(
+                "lock %s lost: %s", self.key, why, extra={"target": self._runtime.target}
+            )
+
+    def _arm(self, renewed_at: float) -> None:
+        """Lose the lease ``ttl`` after ``renewed_at`` (loop time) unless renewed again."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        why = f"no renewal succeeded within its ttl ({self._request.ttl})"
+        self._timer = loop.call_at(renewed_at + self._ttl, self._lose, why)
+
+    def _spawn(self, work: Any, name: str) -> None:
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                if self._ending is None:
+                    # Cancelled with its runtime (a re-initialize, or a shutdown that got
+                    # here first): nobody renews the session any more.
+                    self._lose("the handler stopped renewing its session")
+
+        self._tasks.append(self._runtime.long_polls.spawn(run(), name=name))
+
+    def _keep_alive(self, created_at: float) -> None:
+        self._arm(created_at)
+        self._spawn(self._renew_forever(), f"lock {self.key!r} renewal")
+
+    async def _renew_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._ttl / 2
+        pause = interval
+        payload = {"session_id": self.session_id}
+        while True:
+            await asyncio.sleep(pause)
+            sent = loop.time()
+            try:
+                got = await self._calls.call("consul.session_renew", payload, timeout=interval)
+            except InfraError:
+                pause = min(interval, 1.0)  # sooner; the timer decides when it is lost
+                continue
+            if not got["renewed"]:
+                self._lose("its session is gone (expired or destroyed)")
+                return
+            self._arm(sent)
+            pause = interval
+
+    async def _follow(self) -> None:
+        """A blocking query on the held key: lost once it shows another session or none."""
+        index, retry = self.fencing_token, _FOLLOW_RETRY_FIRST
+        wait = self._runtime.settings.long_poll.wait_seconds
+        while True:
+            step_payload = {"kind": "key", "key": self.key, "index": index, "wait": wait}
+            try:
+                step = await self._calls.call("consul.watch", step_payload)
+            except InfraError:
+                await asyncio.sleep(retry)
+                retry, index = min(retry * 2, _FOLLOW_RETRY_MAX), 0
+                continue
+            holder = step["result"]["session"]
+            if holder != self.session_id:
+                self._lose("the key changed hands" if holder else "the key was released")
+                return
+            index, retry = step["index"], _FOLLOW_RETRY_FIRST
+
+    # -- acquiring -----------------------------------------------------------------------
+
+    async def _try_lock(self) -> int | None:
+        """One attempt: the fencing token, or None when the key is not ours."""
+        op = {"verb": "lock", "key": self.key, "value": self._request.value}
+        try:
+            done = await self._calls.call(
+                "consul.txn", {"operations": [{**op, "session": self.session_id}]}
+            )
+        except InfraError as error:
+            if not error.outcome_unknown:
+                raise
+            # The lock write may have been applied: ask the leader who holds the key.
+            got = await self._calls.call(
+                "consul.kv_get", {"key": self.key, "consistency": "consistent"}
+            )
+            mine = got["found"] and got["session"] == self.session_id
+            return int(got["modify_index"]) if mine else None
+        if done["applied"]:
+            return int(done["results"][0]["modify_index"])
+        return None
+
+    async def _acquire(self, deadline: float) -> bool:
+        """True once held; False if the session died meanwhile (the caller starts over)."""
+        clock = self._calls.clock
+        index, free, refused_pause = 0, True, _REFUSED_FIRST
+        while not self.lost.is_set():
+            if free:
+                token = await self._try_lock()
+                if token is not None and not self.lost.is_set():
+                    self.fencing_token = token
+                    self._spawn(self._follow(), f"lock {self.key!r} follower")
+                    return True
+                index = 0  # refused: look at the key as it is now
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise self._timed_out()
+            step_payload = {
+                "kind": "key",
+                "key": self.key,
+                "index": index,
+                "wait": min(remaining, 600.0),
+            }
+            step = await self._calls.call("consul.watch", step_payload)
+            now_free = not step["result"]["session"]
+            if now_free and free:
+                # Refused although nobody holds it: the lock-delay of an invalidated session
+                # (or another contender won and already released). Short backoff, not a
+                # blocking query: nothing will change on the key to end one.
+                await asyncio.sleep(min(refused_pause, max(remaining, 0.0)))
+                refused_pause = min(refused_pause * 2, _REFUSED_MAX)
+            else:
+                refused_pause = _REFUSED_FIRST
+            free, index = now_free, step["index"]
+        return False
+
+    def _timed_out(self) -> InfraLockTimeoutError:
+        runtime = self._runtime
+        fields = ContextFields("lock", None, runtime.target, runtime.settings.datacenter)
+        return InfraLockTimeoutError(
+            f"lock {self.key!r}: still held by another session after {self._request.wait:g}s",
+            context=make_context(fields, InfraLockTimeoutError, attempts=1, request_sent=True),
+        )
+
+    # -- releasing -----------------------------------------------------------------------
+
+    async def release(self) -> None:
+        """Set ``lost``, release the key, destroy the session. Idempotent; completes even if
+        the caller is cancelled while waiting for it."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._finish())
+        await asyncio.shield(self._ending)
+
+    async def stop(self) -> None:
+        """What shutdown calls for every lease still held (or being acquired)."""
+        await self.release()
+
+    async def _finish(self) -> None:
+        self._lose("released")
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            if self.fencing_token:
+                release = {"key": self.key, "value": self._request.value}
+                await self._calls.call(
+                    "consul.kv_put", {**release, "release": self.session_id}, closing=True
+                )
+        except InfraError:
+            pass  # destroying the session releases the key as well
+        try:
+            await self._calls.call(
+                "consul.session_destroy", {"session_id": self.session_id}, closing=True
+            )
+        except InfraError as error:
+            handler_log.warning(
+                "lock %s: could not destroy its session (%s); it ends with its ttl",
+                self.key,
+                type(error).__name__,
+                extra={"target": self._runtime.target},
+            )
+        finally:
+            self._unregister()
+
+
+def _runtime(calls: Calls) -> Runtime | None:
+    runtime = calls.runtime()
+    return runtime if isinstance(runtime, Runtime) else None
+
+
+async def _new_lease(calls: Calls, request: LockRequest) -> Lease:
+    runtime = _runtime(calls)
+    # Consul starts the TTL when it creates the session: the local clock starts before.
+    asked_at = asyncio.get_running_loop().time()
+    created = await calls.call(
+        "consul.session_create",
+        {
+            "name": f"handler-consul lock {request.key}"[:256],
+            "ttl": request.ttl,
+            "lock_delay": request.lock_delay,
+            "behavior": "release",
+        },
+    )
+    if runtime is None or _runtime(calls) is not runtime:
+        # Shut down (or re-initialized) while the session was being created.
+        with contextlib.suppress(InfraError):
+            await calls.call(
+                "consul.session_destroy", {"session_id": created["session_id"]}, closing=True
+            )
+        fields = ContextFields("lock", None, "consul.default", None)
+        raise InfraUnavailableError(
+            "lock: the handler shut down while the lock was being acquired",
+            context=make_context(fields, InfraUnavailableError, attempts=1, request_sent=True),
+        )
+    lease = Lease(calls, runtime, request, created["session_id"])
+    lease._keep_alive(asked_at)
+    return lease
+
+
+async def acquire(calls: Calls, request: LockRequest) -> Lease:
+    """A held lease, InfraLockTimeoutError after ``request.wait``, or the error of a request
+    that failed. Whatever happens, no session is left behind but the lease's own."""
+    deadline = calls.clock() + request.wait
+    while True:
+        lease = await _new_lease(calls, request)
+        try:
+            if await lease._acquire(deadline):
+                return lease
+        except BaseException:
+            await lease.release()
+            raise
+        await lease.release()  # its session died while waiting: start over with a new one
+
+
+class LockContext:
+    """What ``handler.lock()`` returns: ``async with`` it (or ``await`` it for a lease to
+    release yourself)."""
+
+    def __init__(self, calls: Calls, request: LockRequest) -> None:
+        self._calls = calls
+        self._request = request
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await acquire(self._calls, self._request)
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._lease is not None:
+            await self._lease.release()
+
+    def __await__(self) -> Any:
+        return acquire(self._calls, self._request).__await__()
