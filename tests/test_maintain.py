@@ -272,3 +272,31 @@ async def test_a_maintained_ttl_under_a_second_is_refused(handler):
             envelope("register", name="fast", check={"ttl": "900ms"}, maintain=True)
         )
     assert caught.value.context.field == "payload.maintain"
+
+
+@pytest.mark.parametrize("sid", ["register", "deregister"])
+async def test_an_id_that_names_another_agent_endpoint_is_compared_correctly(
+    make_tuned_handler: Any, fresh_consul_agent: ConsulAgent, sid: str
+) -> None:
+    """``/v1/agent/service/<id>`` with these IDs is another endpoint (405): the upkeep reads
+    the agent's list instead, so it still sees the service go and restores it."""
+    handler = await make_tuned_handler(
+        fresh_consul_agent, maintain={"compare_interval_seconds": 0.3}
+    )
+    await maintain(handler, sid, check=None, port=7300)
+    await asyncio.sleep(0.7)  # two comparisons that found it in place
+    (shown,) = handler.describe()["maintained"]
+    assert (shown["restored"], shown["last_error"]) == (0, None)
+
+    fresh_consul_agent.request("PUT", f"/v1/agent/service/deregister/{sid}")
+    await until(
+        lambda: [m["restored"] for m in handler.describe()["maintained"]] == [1],
+        2,
+        "restored",
+    )
+    assert (agent_service_listed(fresh_consul_agent, sid) or {}).get("Port") == 7300
+
+
+def agent_service_listed(agent: ConsulAgent, service_id: str) -> dict[str, Any] | None:
+    found = agent.request("GET", "/v1/agent/services").json().get(service_id)
+    return None if found is None else dict(found)

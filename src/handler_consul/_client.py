@@ -91,22 +91,6 @@ class ConsulClient(consul_base.Consul):  # type: ignore[misc]  # python-consul2 
             consul_base.CB.json(index=True), path=f"/v1/health/service/{service}", params=params
         )
 
-    def agent_service(self, service_id: str) -> Any:
-        """GET /v1/agent/service/<service_id>: the agent's copy of the service, or None.
-
-        python-consul2 0.1.5 has no call for one service; its ``agent.services()`` lists all.
-        """
-        path = f"/v1/agent/service/{service_id}"
-
-        def callback(response: consul_base.Response) -> dict[str, Any] | None:
-            if response.code == 404:
-                return None
-            _require_ok("GET", path)(response)
-            found: dict[str, Any] = json.loads(response.body)
-            return found
-
-        return self.http.get(callback, path=path)
-
     def update_check(self, check_id: str, status: str, output: str) -> Any:
         """PUT /v1/agent/check/update/<check_id>: set a TTL check's status and output.
 

@@ -9,8 +9,9 @@ For each maintained service a background task (owned by the runtime, so nothing 
   dropped it) triggers it, and so does a comparison with the agent's copy every
   ``maintain.compare_interval_seconds`` (which also catches a service changed behind the
   handler's back, and covers services without a TTL check);
-- after a failed round, try again soon (50 ms, doubling up to half a second or the
-  heartbeat), so a restarted agent has its registration back soon after it answers. A
+- after a round that failed because Consul did not answer, try again soon (50 ms, doubling
+  up to half a second or the heartbeat), so a restarted agent has its registration back
+  soon after it answers; after a refusal (403, 400) wait the whole heartbeat. A
   heartbeat may take up to the TTL itself: an agent that is starting answers its HTTP API
   before it takes check updates, and a heartbeat cut short at ttl/3 would only start again
   later than one left to finish.
@@ -39,7 +40,13 @@ from pydantic import BaseModel
 
 from handler_consul._breaker import CircuitBreaker
 from handler_consul._clock import Clock
-from handler_consul._errors import ContextFields, InfraConsulError, InfraError
+from handler_consul._errors import (
+    ContextFields,
+    InfraConnectionError,
+    InfraConsulError,
+    InfraError,
+    InfraUnavailableError,
+)
 from handler_consul._log import handler_log
 from handler_consul._longpoll import LongPolls
 from handler_consul._operations import Operation
@@ -60,6 +67,7 @@ from handler_consul._validation import duration_seconds
 __all__ = ["Maintenance"]
 
 _RETRY_FIRST, _RETRY_CAP = 0.05, 0.5
+_OUTAGES = (InfraConnectionError, InfraUnavailableError)
 _UNGUARDED = BreakerSettings(enabled=False)
 
 
@@ -242,7 +250,11 @@ class Maintenance:
                         error.message,
                         extra={"target": link.target},
                     )
+                # An outage ends when the agent is back: look again soon. A refusal (a token
+                # without the right, a rejected definition) will not end by itself.
+                soon = isinstance(error, _OUTAGES)
                 delay = min(interval, _RETRY_CAP, _RETRY_FIRST * 2 ** (failures - 1))
+                delay = delay if soon else interval
                 continue
             failures, kept.last_error, delay = 0, None, interval
             kept.confirmed_at = self._clock()

@@ -278,9 +278,14 @@ async def check_update(client: ConsulClient, payload: CheckUpdatePayload) -> Che
 
 
 async def read_registration(client: ConsulClient, service_id: str) -> dict[str, Any] | None:
-    """The agent's copy of a service (GET /v1/agent/service/<id>), None when it has none."""
-    found: dict[str, Any] | None = await settle(client.agent_service(service_id))
-    return found
+    """The agent's copy of a service, None when it has none.
+
+    Read from the whole list (GET /v1/agent/services), not /v1/agent/service/<id>: an ID such
+    as ``register`` or ``deregister`` makes that path another endpoint (Consul answers 405).
+    """
+    services = await settle(client.agent.services())
+    found = (services or {}).get(service_id)
+    return dict(found) if isinstance(found, dict) else None
 
 
 class Maintainer(Protocol):
