@@ -406,6 +406,69 @@ BAD_PAYLOADS = [
         "payload.output",
         "output-int",
     ),
+    # digits that are not ASCII (found by the property tests): str.isdigit() and int() take
+    # them, Go does not
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "\u0661\u0660s"}},
+        "payload.check.ttl",
+        "ttl-arabic-indic-digits",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"tcp": "h:\u0661\u0662", "interval": "1s"}},
+        "payload.check.tcp",
+        "tcp-port-arabic-indic-digits",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "10.0.0.1:\u0661\u0662\u0663"},
+        "payload.fallback",
+        "fallback-port-arabic-indic-digits",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "10.0.0.1"},
+        "payload.fallback",
+        "fallback-no-port",
+    ),
+    case(
+        "endpoint", {"service": "web", "fallback": "::1:80"}, "payload.fallback", "fallback-bare-v6"
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "[h]:80"},
+        "payload.fallback",
+        "fallback-brackets",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "h:65536"},
+        "payload.fallback",
+        "fallback-port-big",
+    ),
+    case("endpoint", {"service": "web", "fallback": "a/b:80"}, "payload.fallback", "fallback-path"),
+    case(
+        "endpoint",
+        {"service": "web", "strategy": "fastest"},
+        "payload.strategy",
+        "strategy-unknown",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "strategy": "least_connections"},
+        "payload.strategy",
+        "strategy-python-only",
+    ),
+    case("endpoint", {"service": "a/b"}, "payload.service", "service-slash"),
+    case("endpoint", {"service": "web", "datacenter": "x y"}, "payload.datacenter", "dc-space"),
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "500ms"}, "maintain": True},
+        "payload.maintain",
+        "maintain-ttl-under-1s",
+    ),
+    case("register", {"name": "svc", "maintain": "yes"}, "payload.maintain", "maintain-str"),
 ]
 
 

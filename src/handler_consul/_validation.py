@@ -78,8 +78,9 @@ _SESSION_ID = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 # Go's time.ParseDuration syntax, which is what Consul parses check intervals with.
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+# ASCII digits only: ``\d`` alone also matches other scripts' digits, which Go refuses.
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$", re.ASCII)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", re.ASCII)
 _DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Consul's bounds for a session: session_ttl_min (default 10s) to 24h, and a lock-delay it
 # caps at 60s (a larger one would be cut silently, so it is refused instead).
@@ -206,7 +207,9 @@ def _address(value: str) -> str:
 def split_host_port(value: str) -> tuple[str, int]:
     """``"host:port"`` (``"[v6]:port"`` for IPv6) as its host and port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+    # isascii(): Arabic-Indic digits pass str.isdigit() and int() reads them.
+    digits = port.isascii() and port.isdigit()
+    if not sep or not digits or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise ValueError("must be 'host:port' with a port of 1-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -78,7 +78,7 @@ class HealthCheck(BaseModel):
 
     ttl: Duration | None = None
     http: str | None = Field(None, pattern=r"^https?://[^\s]+$", max_length=2048)
-    tcp: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$", max_length=300)
+    tcp: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}$", max_length=300)
     grpc: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:/]+$", max_length=300)
     interval: Duration | None = None
     timeout: Duration | None = None
