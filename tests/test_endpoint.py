@@ -221,6 +221,8 @@ async def test_with_no_healthy_instance_and_no_fallback_a_typed_error_says_so(ha
         ({"tags": "a"}, "payload.tags"),
         ({"datacenter": "dc/2"}, "payload.datacenter"),
         ({"weights": {}}, "payload.weights"),
+        ({"timeout_seconds": 0}, "timeout_seconds"),
+        ({"timeout_seconds": "5"}, "timeout_seconds"),
     ],
 )
 async def test_lease_refuses_bad_options_naming_them(handler, options, field):
@@ -229,3 +231,14 @@ async def test_lease_refuses_bad_options_naming_them(handler, options, field):
             pass
     assert caught.value.context.field == field
     assert caught.value.context.request_sent is False
+
+
+async def test_a_handler_that_is_not_running_gets_no_fallback_from_lease(
+    make_handler: Any, consul_agent: Any
+) -> None:
+    """The fallback stands in for Consul, not for a handler someone shut down."""
+    handler = await make_handler(consul_agent)
+    await handler.shutdown()
+    with pytest.raises(InfraUnavailableError, match="shut down"):
+        async with handler.lease("web", fallback="10.0.0.1:80"):
+            pass

@@ -363,10 +363,9 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         """``async with handler.lease(service) as endpoint``: one healthy instance, counted
         as held until the block ends (what ``least_connections`` reads). ``filters`` are
         ``consul.discover``'s; see :func:`handler_consul._services.hold`."""
-        runtime, options = self._lifecycle.runtime, {"strategy": strategy, "fallback": fallback}
-        settings = runtime.settings if runtime else self._base_settings
-        return hold(self.execute, self._services.balancer, service, options, filters,
-                    timeout_seconds=timeout_seconds, settings=settings)  # fmt: skip
+        options = {"strategy": strategy, "fallback": fallback, "timeout_seconds": timeout_seconds}
+        return hold(self.execute, self._services.balancer, self._lifecycle, self._base_settings,
+                    service, options, filters)  # fmt: skip
 
     async def health_check(self) -> dict[str, Any]:
         """Ask Consul for its leader (no ACL needed); report latency and breaker state.

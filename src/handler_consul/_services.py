@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from handler_consul._balance import Balancer
 from handler_consul._clock import Clock
@@ -65,24 +65,34 @@ class Services:
         )
 
 
+class Running(Protocol):
+    """What ``hold`` reads of the handler's lifecycle."""
+
+    runtime: Runtime | None
+
+    def refusal(self) -> str | None: ...
+
+
 @contextlib.asynccontextmanager
 async def hold(
     execute: Execute,
     balancer: Balancer,
+    lifecycle: Running,
+    base: ConsulSettings | None,
     service: str,
     options: Mapping[str, Any],
     filters: Mapping[str, Any],
-    *,
-    timeout_seconds: float | None,
-    settings: ConsulSettings | None,
 ) -> AsyncIterator[EndpointResult]:
-    """``HandlerConsul.lease()``. ``options`` are its strategy and fallback, ``filters``
-    discover's payload fields. With no healthy instance, or Consul unreachable and nothing
-    fresh in the cache, the fallback is yielded, else the error is raised."""
+    """``HandlerConsul.lease()``. ``options`` are its strategy, fallback and timeout,
+    ``filters`` discover's payload fields. With no healthy instance, or Consul unreachable
+    and nothing fresh in the cache, the fallback is yielded, else the error is raised."""
+    runtime = lifecycle.runtime
+    settings = runtime.settings if runtime is not None else base
     named = filters.get("datacenter")
     datacenter = named if isinstance(named, str) else settings.datacenter if settings else None
     target = f"consul.{datacenter or 'default'}"
     chosen = parse_options(LeaseOptions, options, "consul.endpoint", target, datacenter)
+    timeout_seconds = chosen.timeout_seconds
     payload = {"service": service, **filters}
     envelope: dict[str, Any] = {"operation": "consul.discover", "payload": payload}
     if timeout_seconds is not None:
@@ -90,7 +100,8 @@ async def hold(
     try:
         found = (await execute(envelope)).as_discover()
     except OUTAGES:
-        if chosen.fallback is None:
+        # Consul away: the fallback. A handler that is not running is the caller's to fix.
+        if chosen.fallback is None or lifecycle.refusal() is not None:
             raise
         yield fallback_result(service, chosen.fallback)
         return

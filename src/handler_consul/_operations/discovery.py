@@ -308,6 +308,7 @@ class LeaseOptions(BaseModel):
 
     strategy: Strategy = "round_robin"
     fallback: HostPort | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 def no_healthy_instance(service: str) -> str:
