@@ -198,12 +198,19 @@ async def services(client: ConsulClient, payload: ServicesPayload) -> ServicesRe
 
 
 async def _shaped(
-    client: ConsulClient, payload: DiscoverPayload, round_: tuple[int, str] | None = None
+    client: ConsulClient, payload: DiscoverPayload
 ) -> tuple[int, list[ServiceInstance]]:
-    """One read, shaped in the worker: the cache keeps instances, not Consul's entries."""
-    index, wait = round_ if round_ is not None else (None, None)
-    raw_index, entries = await health_query(client, payload, index, wait)
-    return raw_index, instances(entries)
+    """The first read of a cached query, shaped in the worker: the cache keeps instances."""
+    index, entries = await health_query(client, payload)
+    return index, instances(entries)
+
+
+async def _shaped_round(
+    payload: DiscoverPayload, client: ConsulClient, round_: tuple[int, str]
+) -> tuple[int, list[ServiceInstance]]:
+    """One blocking round of the cache's watch (``round_`` is its index and wait)."""
+    index, entries = await health_query(client, payload, *round_)
+    return index, instances(entries)
 
 
 def _copy(instance: ServiceInstance) -> ServiceInstance:
@@ -242,12 +249,6 @@ async def serve_discover(effects: Effects, payload: DiscoverPayload) -> Discover
     if payload.cache:
         found["instances"] = [_copy(i) for i in found["instances"]]
     return found
-
-
-async def _shaped_round(
-    payload: DiscoverPayload, client: ConsulClient, round_: tuple[int, str]
-) -> tuple[int, list[ServiceInstance]]:
-    return await _shaped(client, payload, round_)
 
 
 # Where the handler keeps its Balancer in the runtime's state.
