@@ -172,3 +172,31 @@ async def seen(handler: HandlerConsul, name: str, expected: set[str]) -> float:
             return time.monotonic()
         await asyncio.sleep(0.0005)
     raise AssertionError(f"the cache never showed {sorted(expected)}")
+
+
+async def test_an_idle_query_is_dropped_and_everything_stops_at_shutdown(
+    make_tuned_handler: Any, consul_agent: ConsulAgent
+) -> None:
+    handler = await make_tuned_handler(consul_agent, cache={"idle_seconds": 1.0})
+    runtime = handler._lifecycle.runtime
+    assert runtime is not None
+    name = uniq("idle")
+    await register_three(handler, name)
+    for query in ({"service": name}, {"service": name, "passing_only": False}):
+        await execute_ok(handler, "discover", **query)
+    assert handler.describe()["cache"]["entries"] == 2
+    assert runtime.long_polls.tasks == 2
+
+    # Only the first is read again; the other goes idle, and its watch stops.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and handler.describe()["cache"]["entries"] != 1:
+        await execute_ok(handler, "discover", service=name)
+        await asyncio.sleep(0.1)
+    assert handler.describe()["cache"]["entries"] == 1
+    await asyncio.sleep(0.05)  # the dropped watch's task unwinds its cancellation
+    assert runtime.long_polls.tasks == 1
+
+    await handler.shutdown()
+    assert runtime.long_polls.tasks == 0
+    assert len(runtime.cache) == 0
+    assert handler.describe()["cache"] is None
