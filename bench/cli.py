@@ -8,7 +8,8 @@ Stages:
 - ``--all``: both. ``--quick``: both, at small sizes (RSS at 2k and 20k).
 - ``--discovery``: service discovery (bench/discovery.py): cached ``consul.discover`` and
   ``consul.endpoint`` against uncached discover and python-consul2's ``health.service``, and
-  the change-visibility latency; writes DISCOVERY.md (with ``--quick``: small sizes).
+  the change-visibility latency; writes discovery.json and DISCOVERY.md, nothing else
+  (with ``--quick``: small sizes).
 
 Each stage updates its own section of results.json (the other is kept from the last run
 that produced it) and re-renders RESULTS.md and throughput.png (the plot needs the
@@ -560,24 +561,29 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(consul_bin),
         "comparison": previous.get("comparison"),
         "rss": previous.get("rss"),
-        "discovery": previous.get("discovery"),
     }
     log(
         f"bench: consul {results['machine']['consul']}, wrk: "
         f"{results['machine']['wrk'] or 'not installed'}, load {loadavg()}"
     )
+    if args.discovery:
+        # Its own files: the comparison's results (and the machine they were measured on)
+        # stay as they are.
+        with agent_mod.dev_agent(consul_bin) as agent:
+            log(f"bench: dev agent on {agent.http_addr}")
+            measured = asyncio.run(discovery.run(args, agent, log))
+        measured["machine"] = results["machine"]
+        discovery.dump(measured, args.out / "discovery.json")
+        discovery.write_markdown(measured, results["machine"], args.out / "DISCOVERY.md")
+        log(f"bench: wrote {args.out / 'discovery.json'}, {args.out / 'DISCOVERY.md'}")
+        print(discovery.summary(measured))
+        return 0
     with agent_mod.dev_agent(consul_bin) as agent:
         log(f"bench: dev agent on {agent.http_addr}")
         if args.run_comparison:
             results["comparison"] = asyncio.run(comparison(args, agent, log))
         if args.run_rss:
             results["rss"] = asyncio.run(rss_stage(args, agent, log))
-        if args.discovery:
-            results["discovery"] = asyncio.run(discovery.run(args, agent, log))
-            discovery.write_markdown(
-                results["discovery"], results["machine"], args.out / "DISCOVERY.md"
-            )
-            log(f"bench: wrote {args.out / 'DISCOVERY.md'}")
     results["targets"] = report.targets(results)
     results["headline"] = report.headline(results)
     results_path.write_text(json.dumps(report.json_ready(results), indent=2) + "\n")

@@ -296,3 +296,17 @@ def write_markdown(result: dict[str, Any], machine: dict[str, Any], path: Path) 
 
 def dump(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The lines ``scripts/bench --discovery`` prints: the target and the visibility."""
+    target = result["target"]
+    verdict = "PASS" if target["met"] else "SHORT"
+    best = ", ".join(f"{k} {v:,.0f}/s" for k, v in target["best"].items())
+    lines = [f"  [{verdict:>7}] cached envelopes >= {target['cached_ops_per_s']:,}/s: {best}"]
+    for mode, v in result["visibility"].items():
+        lines.append(
+            f"  [   INFO] change visibility, {mode.replace('_', ' ')}: "
+            f"p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
+        )
+    return "\n".join(lines)
