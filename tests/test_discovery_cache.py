@@ -200,3 +200,25 @@ async def test_an_idle_query_is_dropped_and_everything_stops_at_shutdown(
     assert runtime.long_polls.tasks == 0
     assert len(runtime.cache) == 0
     assert handler.describe()["cache"] is None
+
+
+async def test_a_tight_loop_of_cached_reads_lets_the_event_loop_run(handler: HandlerConsul):
+    """A cached answer needs no I/O; every 8th read still yields, so other tasks run."""
+    name = uniq("tight")
+    await register_three(handler, name)
+    await execute_ok(handler, "discover", service=name)  # the entry exists from here on
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    started = turns
+    for _ in range(80):
+        assert (await execute_ok(handler, "discover", service=name))["source"] == "consul"
+    task.cancel()
+    assert turns - started >= 80 // 8
