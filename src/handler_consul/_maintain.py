@@ -106,6 +106,12 @@ class _Kept:
     restored: int = 0
     last_error: str | None = None
 
+    @property
+    def passing(self) -> CheckUpdatePayload:
+        """The heartbeat: its TTL check passed."""
+        assert self.check_id is not None
+        return CheckUpdatePayload(check_id=self.check_id, status="passing", output=MAINTAINED)
+
 
 class Maintenance:
     """The handler's maintained registrations, and their upkeep on the current runtime."""
@@ -260,12 +266,10 @@ class Maintenance:
             kept.confirmed_at = self._clock()
 
     async def _beat(self, link: _Link, kept: _Kept) -> None:
-        assert kept.check_id is not None
-        passing = CheckUpdatePayload(check_id=kept.check_id, status="passing", output=MAINTAINED)
         try:
             # Bounded by the TTL: past it the check is critical whatever this request does.
             ttl = kept.heartbeat * 3 if kept.heartbeat is not None else None
-            await self._call(link, _PASS, passing, seconds=ttl)
+            await self._call(link, _PASS, kept.passing, seconds=ttl)
         except InfraConsulError as error:
             if error.context.status_code != 404:
                 raise
@@ -290,10 +294,7 @@ class Maintenance:
         await self._call(link, _REGISTER, kept.payload)
         kept.restored += 1
         if kept.check_id is not None:
-            passing = CheckUpdatePayload(
-                check_id=kept.check_id, status="passing", output=MAINTAINED
-            )
-            await self._call(link, _PASS, passing)
+            await self._call(link, _PASS, kept.passing)
 
     async def _call(
         self, link: _Link, operation: Operation, payload: Any, *, seconds: float | None = None

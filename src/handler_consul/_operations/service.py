@@ -42,6 +42,7 @@ from handler_consul._validation import (
 )
 
 __all__ = [
+    "MAINTAINED",
     "MAINTENANCE",
     "CheckUpdatePayload",
     "CheckUpdateResult",
@@ -63,6 +64,8 @@ __all__ = [
 # Where the handler keeps its Maintainer in the runtime's state.
 MAINTENANCE = "maintenance"
 MIN_MAINTAINED_TTL_SECONDS = 1.0
+# The output of a TTL check the handler passes.
+MAINTAINED = "kept passing by handler-consul"
 
 _STRICT = ConfigDict(
     strict=True, frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
@@ -304,11 +307,11 @@ async def serve_register(effects: Effects, payload: RegisterPayload) -> Register
         # Registered again, maintained or not: the old upkeep ends before the new definition
         # lands, so it can never restore the old one over it.
         await maintainer.forget(payload.effective_id)
-    if payload.maintain and maintainer is None:
+    elif payload.maintain:
         raise effects.error(InfraUnavailableError, "consul.register: no maintenance available")
     result = await effects.call(register, payload)
-    check_id = payload.ttl_check_id
     if payload.maintain and maintainer is not None:
+        check_id = payload.ttl_check_id
         if check_id is not None:
             # Passing when this returns: the caller need not wait for the first heartbeat.
             passing = CheckUpdatePayload(check_id=check_id, status="passing", output=MAINTAINED)
@@ -323,6 +326,3 @@ async def serve_deregister(effects: Effects, payload: DeregisterPayload) -> Dere
         await maintainer.forget(payload.service_id)
     # Not re-sent after an unknown outcome: see the dispatch table.
     return await effects.call(deregister, payload, idempotent=False)
-
-
-MAINTAINED = "kept passing by handler-consul"
