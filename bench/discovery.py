@@ -210,9 +210,14 @@ async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, An
         elapsed = time.perf_counter() - started
     finally:
         await close()
+    cached_ops = ("discover.cached", "endpoint.cached")
     best_cached = {
-        op: max(cells[f"{op}.c{n}"]["median"]["ops_per_s"] for n in INFLIGHT)
-        for op in ("discover.cached", "endpoint.cached")
+        op: max(cells[f"{op}.c{n}"]["median"]["ops_per_s"] for n in INFLIGHT) for op in cached_ops
+    }
+    # What one CPU-second buys, whatever the neighbours on a shared machine take.
+    per_cpu_second = {
+        op: max(1e6 / cells[f"{op}.c{n}"]["median"]["cpu_us_per_op"] for n in INFLIGHT)
+        for op in cached_ops
     }
     return {
         "command": args.command,
@@ -231,6 +236,7 @@ async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, An
         "target": {
             "cached_ops_per_s": TARGET_CACHED_OPS_PER_S,
             "best": best_cached,
+            "per_cpu_second": per_cpu_second,
             "met": all(v >= TARGET_CACHED_OPS_PER_S for v in best_cached.values()),
         },
     }
@@ -269,7 +275,10 @@ def write_markdown(result: dict[str, Any], machine: dict[str, Any], path: Path) 
         f"Target: cached envelopes at least {target['cached_ops_per_s']:,}/s in one process: "
         f"**{verdict}** (best: "
         + ", ".join(f"{k} {v:,.0f}/s" for k, v in target["best"].items())
-        + ").",
+        + "). Per CPU-second of the process (1 / its CPU time per envelope, which the load of "
+        "other work on the machine does not change): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in target["per_cpu_second"].items())
+        + ".",
         "",
         "## Change visibility",
         "",
@@ -303,7 +312,11 @@ def summary(result: dict[str, Any]) -> str:
     target = result["target"]
     verdict = "PASS" if target["met"] else "SHORT"
     best = ", ".join(f"{k} {v:,.0f}/s" for k, v in target["best"].items())
-    lines = [f"  [{verdict:>7}] cached envelopes >= {target['cached_ops_per_s']:,}/s: {best}"]
+    per_cpu = ", ".join(f"{k} {v:,.0f}" for k, v in target["per_cpu_second"].items())
+    lines = [
+        f"  [{verdict:>7}] cached envelopes >= {target['cached_ops_per_s']:,}/s: {best}",
+        f"  [   INFO] cached envelopes per CPU-second: {per_cpu}",
+    ]
     for mode, v in result["visibility"].items():
         lines.append(
             f"  [   INFO] change visibility, {mode.replace('_', ' ')}: "

@@ -219,6 +219,7 @@ def test_discovery_stage_measures_every_contender(discovery_run: dict[str, Any])
     target = result["target"]
     assert target["cached_ops_per_s"] == 50_000
     assert set(target["best"]) == {"discover.cached", "endpoint.cached"}
+    assert all(_positive(v) for v in target["per_cpu_second"].values())
     assert isinstance(target["met"], bool)
     assert "cached envelopes >= 50,000/s" in discovery_run["stdout"]
     assert not (discovery_run["out"] / "results.json").exists()  # the comparison's own file
