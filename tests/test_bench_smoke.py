@@ -181,6 +181,28 @@ def test_render_without_matplotlib(bench_run: dict[str, Any], tmp_path: Path) ->
     assert not (tmp_path / "throughput.png").exists()
 
 
+def test_the_coordination_bench_produces_every_figure(consul_bin: str, tmp_path: Path) -> None:
+    """``scripts/bench coordination`` at a tiny size: every pair is measured and rendered."""
+    argv = [sys.executable, "-m", "bench", "coordination", "--rounds", "1", "--seconds", "0.2"]
+    argv += ["--out", str(tmp_path), "--consul-bin", consul_bin]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "coordination.json").read_text())
+    assert set(results["median_per_second"]) == {
+        "kv_get cached",
+        "kv_get through the pool",
+        "lock round: handler.lock",
+        "lock round: python-consul2 by hand",
+        "64 keys: one consul.txn",
+        "64 keys: 64 consul.kv_put",
+    }
+    assert all(_positive(v) for v in results["median_per_second"].values())
+    assert all(_positive(v) for v in results["median_ratio"].values())
+    rendered = (tmp_path / "COORDINATION.md").read_text()
+    assert rendered.startswith("# KV coordination: side by side")
+    assert "Cached kv_get target (50,000/s in one process):" in rendered
+
+
 # -- the discovery stage ------------------------------------------------------------------
 
 DISCOVERY_CELLS = ("discover.cached", "endpoint.cached", "discover.uncached", "consul2.health")

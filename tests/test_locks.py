@@ -6,6 +6,7 @@ exit, cancellation, a destroyed session, a stolen key and shutdown()."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -13,7 +14,12 @@ import pytest
 from harness import ConsulAgent, CountingProxy
 from support import uniq, wait_until
 
-from handler_consul import HandlerConsul, InfraLockTimeoutError, InfraValidationError
+from handler_consul import (
+    HandlerConsul,
+    InfraLockTimeoutError,
+    InfraUnavailableError,
+    InfraValidationError,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
@@ -216,3 +222,43 @@ async def test_bad_lock_arguments_are_refused_by_name_before_anything_is_sent(
         handler.lock(**arguments)
     assert caught.value.context.field == field
     assert proxy.requests == 0
+
+
+async def test_shutdown_ends_a_wait_for_the_lock_at_once_and_leaves_no_session(
+    make_handler, consul_agent
+):
+    key = f"{uniq('lock')}/shutdown-wait"
+    first = await make_handler(consul_agent)
+    second: HandlerConsul = await make_handler(consul_agent)
+    async with first.lock(key, ttl="10s") as held:
+        before = {s["ID"] for s in consul_agent.request("GET", "/v1/session/list").json()}
+        waiting = asyncio.ensure_future(second.lock(key, ttl="10s", wait=60).__aenter__())
+        assert await wait_until(lambda: second.describe()["long_polls"]["busy"] == 1, timeout=5), (
+            "the waiter never blocked on the key"
+        )
+        started = time.monotonic()
+        await second.shutdown()
+        with pytest.raises(InfraUnavailableError, match="shut down while waiting"):
+            await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 3.0
+        now = {s["ID"] for s in consul_agent.request("GET", "/v1/session/list").json()}
+        assert now - before == set()
+        assert holder(consul_agent, key)["Session"] == held.session_id  # type: ignore[index]
+
+
+async def test_cancelled_while_its_session_is_created_leaves_no_session(make_handler, consul_agent):
+    handler = await make_handler(consul_agent)
+    before = {s["ID"] for s in consul_agent.request("GET", "/v1/session/list").json()}
+    for delay in (0.0, 0.0005, 0.001, 0.002, 0.004):
+        attempt = asyncio.ensure_future(
+            handler.lock(f"{uniq('lock')}/early", ttl="10s").__aenter__()
+        )
+        await asyncio.sleep(delay)
+        attempt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            lease = await attempt
+            await lease.release()  # it got there first: released the ordinary way
+    assert await wait_until(
+        lambda: {s["ID"] for s in consul_agent.request("GET", "/v1/session/list").json()} == before,
+        timeout=5,
+    ), "a cancelled lock() left a session behind"

@@ -402,3 +402,27 @@ async def test_shutdown_ends_blocking_queries_in_flight_at_once(
     assert pending.done()
     assert type(pending.exception()).__name__ in {"PoolClosed", "TransportConnectionError"}
     assert runtime.long_polls.tasks == 0
+
+
+async def test_a_blocking_query_that_starts_its_read_after_the_abort_ends_at_once(
+    consul_agent: ConsulAgent,
+) -> None:
+    """A worker can be between its checkout and its first read when shutdown aborts the
+    requests in flight; it must not slip through and block for its whole wait."""
+    from handler_consul import ConsulSettings
+    from handler_consul._runtime import build_client
+    from handler_consul._transport import TransportConnectionError
+
+    client = build_client(ConsulSettings(host=consul_agent.host, port=consul_agent.port))
+    key = unique_key()
+    consul_agent.request("PUT", f"/v1/kv/{key}", b"v")
+    index = int(consul_agent.request("GET", f"/v1/kv/{key}").headers["X-Consul-Index"])
+    try:
+        client.http.abort_in_flight()  # before this request reaches its read
+        started = time.monotonic()
+        with pytest.raises(TransportConnectionError) as caught:
+            await asyncio.to_thread(client.kv.get, key, index=index, wait="30s")
+        assert time.monotonic() - started < 2.0
+        assert caught.value.request_sent is True
+    finally:
+        client.http.close()

@@ -186,6 +186,29 @@ BAD_PAYLOADS = [
     case("session_renew", {"session_id": 7}, "payload.session_id", "int"),
     case("session_destroy", {"session_id": f"{SESSION}/x"}, "payload.session_id", "suffix"),
     case("session_destroy", {"session_id": SESSION, "force": True}, "payload.force", "unknown"),
+    # watch
+    case("watch", {"key": "k"}, "payload.kind", "kind-missing"),
+    case("watch", {"kind": "node", "key": "k"}, "payload.kind", "kind-unknown"),
+    case("watch", {"kind": "key"}, "payload.key", "key-missing"),
+    case("watch", {"kind": "prefix"}, "payload.prefix", "prefix-missing"),
+    case("watch", {"kind": "service"}, "payload.service", "service-missing"),
+    case("watch", {"kind": "key", "key": "k", "prefix": "p/"}, "payload.prefix", "two-targets"),
+    case("watch", {"kind": "service", "service": "s", "key": "k"}, "payload.key", "key-for-svc"),
+    case("watch", {"kind": "key", "key": "../agent/self"}, "payload.key", "key-traversal"),
+    case("watch", {"kind": "prefix", "prefix": "a//"}, "payload.prefix", "prefix-empty-seg"),
+    case("watch", {"kind": "service", "service": "a/b"}, "payload.service", "service-slash"),
+    case("watch", {"kind": "service", "service": ".."}, "payload.service", "service-dotdot"),
+    case("watch", {"kind": "key", "key": "k", "index": -1}, "payload.index", "index-negative"),
+    case("watch", {"kind": "key", "key": "k", "index": 2**64}, "payload.index", "index-2e64"),
+    case("watch", {"kind": "key", "key": "k", "index": "5"}, "payload.index", "index-str"),
+    case("watch", {"kind": "key", "key": "k", "wait": 0}, "payload.wait", "wait-zero"),
+    case("watch", {"kind": "key", "key": "k", "wait": -1}, "payload.wait", "wait-negative"),
+    case("watch", {"kind": "key", "key": "k", "wait": 601}, "payload.wait", "wait-over-10m"),
+    case("watch", {"kind": "key", "key": "k", "wait": "5s"}, "payload.wait", "wait-str"),
+    case("watch", {"kind": "key", "key": "k", "recurse": True}, "payload.recurse", "unknown"),
+    # kv_get's cached consistency: the other fields keep their rules
+    case("kv_get", {"key": "a/../b", "consistency": "cached"}, "payload.key", "cached-traversal"),
+    case("kv_get", {"key": "a", "consistency": "Cached"}, "payload.consistency", "cached-case"),
 ]
 
 

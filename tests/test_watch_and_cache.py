@@ -333,3 +333,47 @@ async def test_kv_update_refuses_a_bad_max_attempts(handler, bad):
 async def test_kv_update_refuses_a_value_that_is_not_text_or_bytes(handler):
     with pytest.raises(TypeError, match="not str or bytes"):
         await handler.kv_update(f"{uniq('upd')}/k", lambda v: 5)  # type: ignore[arg-type,return-value]
+
+
+async def test_a_service_step_blocks_until_its_instances_change(handler, consul_agent):
+    service = uniq("watched")
+    first_id, second_id = f"{service}-1", f"{service}-2"
+    register = {"Name": service, "ID": first_id, "Port": 8080, "Tags": ["v1"]}
+    assert consul_agent.request("PUT", "/v1/agent/service/register", register).status == 200
+    try:
+        now = await execute_ok(handler, "watch", kind="service", service=service)
+        assert now["changed"] is True
+        found = now["result"]
+        assert set(found) == {"service", "instances", "index", "source", "age_seconds"}
+        assert (found["service"], found["source"], found["age_seconds"]) == (service, "consul", 0.0)
+        (instance,) = found["instances"]
+        assert (instance["id"], instance["port"], instance["tags"], instance["status"]) == (
+            first_id,
+            8080,
+            ["v1"],
+            "passing",
+        )
+        step = asyncio.ensure_future(
+            handler.execute(
+                envelope("watch", kind="service", service=service, index=now["index"], wait=10)
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not step.done()
+        second = {"Name": service, "ID": second_id, "Port": 8081}
+        assert consul_agent.request("PUT", "/v1/agent/service/register", second).status == 200
+        changed = (await asyncio.wait_for(step, 5)).result
+        assert changed["changed"] is True
+        ids = sorted(i["id"] for i in changed["result"]["instances"])
+        assert ids == [first_id, second_id]
+        seen = []
+        async for change in handler.watch(service=service, wait=5):
+            seen.append(sorted(i["id"] for i in change["result"]["instances"]))
+            if len(seen) == 1:
+                consul_agent.request("PUT", f"/v1/agent/service/deregister/{second_id}")
+            else:
+                break
+        assert seen == [[first_id, second_id], [first_id]]
+    finally:
+        for service_id in (first_id, second_id):
+            consul_agent.request("PUT", f"/v1/agent/service/deregister/{service_id}")

@@ -28,7 +28,9 @@ from typing import Any, Generic, TypeVar
 from handler_consul._clock import Clock
 from handler_consul._longpoll import BlockingQuery, LongPolls
 from handler_consul._operations.effects import Cached, Fetch, StaleAnswer
+from handler_consul._pool import PoolSaturated, PoolTimeout
 from handler_consul._settings import CacheSettings
+from handler_consul._transport import TransportTimeout
 
 __all__ = ["Cached", "QueryCache", "StaleAnswer"]
 
@@ -41,6 +43,17 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 _MIN_ROUND_SECONDS = 1.0
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a first read's failure as seen: its callers re-raise it, and if they were all
+    cancelled nobody else should log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TransportTimeout | PoolTimeout)
+
+
 class _Entry(Generic[T]):
     __slots__ = (
         "failing_since",
@@ -49,6 +62,7 @@ class _Entry(Generic[T]):
         "last_error",
         "last_used",
         "query",
+        "starved",
         "synced_at",
         "task",
         "value",
@@ -64,6 +78,8 @@ class _Entry(Generic[T]):
         self.last_error: BaseException | None = None
         self.last_used = now
         self.task: asyncio.Task[None] | None = None
+        # The watch could not get a long-poll thread last time it tried.
+        self.starved = False
 
 
 class QueryCache:
@@ -76,7 +92,7 @@ class QueryCache:
         self.settings = settings
         self._clock = clock
         self._entries: dict[Hashable, _Entry[Any]] = {}
-        self._first: dict[Hashable, asyncio.Future[Any]] = {}
+        self._first: dict[Hashable, asyncio.Task[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,28 +110,52 @@ class QueryCache:
         entry = self._entries.get(key)
         if entry is not None and entry.has_value:
             entry.last_used = now
+            if entry.starved:
+                return await self._read_through(entry, first, now)
             return self._serve(entry, now)
-        if entry is None and len(self._entries) >= self.settings.max_entries:
-            index, value = await first()
-            return Cached(value, index, "consul", 0.0, cached=False)
         pending = self._first.get(key)
-        if pending is not None:
-            # Another caller is making the first read of this key: share its answer.
-            index, value = await asyncio.shield(pending)
-            return Cached(value, index, "consul", 0.0)
-        future: asyncio.Future[tuple[int, T]] = asyncio.get_running_loop().create_future()
-        self._first[key] = future
+        if pending is None:
+            # First reads in flight count against the bound too, or a burst of new keys
+            # would each start a watch.
+            if len(self._entries) + len(self._first) >= self.settings.max_entries:
+                index, value = await first()
+                return Cached(value, index, "consul", 0.0, cached=False)
+            # The first read runs in a task of its own that every caller of this key awaits
+            # through a shield: one caller's cancellation never cancels the others' read.
+            pending = self._long_polls.spawn(self._fill(key, fetch, first), name="cache fill")
+            pending.add_done_callback(_retrieve)
+            self._first[key] = pending
+        index, value = await asyncio.shield(pending)
+        return Cached(value, index, "consul", 0.0)
+
+    async def _fill(
+        self,
+        key: Hashable,
+        fetch: Fetch[T],
+        first: Callable[[], Awaitable[tuple[int, T]]],
+    ) -> tuple[int, T]:
         try:
             index, value = await first()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: sharers re-raise it; nobody else must log it
-            raise
-        else:
-            future.set_result((index, value))
         finally:
-            del self._first[key]
+            self._first.pop(key, None)
         self._watch(key, fetch, index, value)
+        return index, value
+
+    async def _read_through(
+        self, entry: _Entry[T], first: Callable[[], Awaitable[tuple[int, T]]], now: float
+    ) -> Cached[T]:
+        """The watch cannot get a long-poll thread (all taken): that is no news about
+        Consul, so the answer is read by the caller's short path and kept, rather than
+        served as in sync or called stale. A failing read leaves the usual staleness rule."""
+        try:
+            index, value = await first()
+        except Exception:
+            if entry.failing_since is None:
+                raise
+            return self._serve(entry, now)
+        entry.value, entry.index = value, index
+        entry.synced_at = self._clock()
+        entry.failing_since, entry.last_error = None, None
         return Cached(value, index, "consul", 0.0)
 
     def _serve(self, entry: _Entry[T], now: float) -> Cached[T]:
@@ -151,19 +191,33 @@ class QueryCache:
                 if idle_left <= 0:
                     return
                 wait = max(min(entry.query.wait_seconds, idle_left), _MIN_ROUND_SECONDS)
+                round_started = self._clock()
                 try:
                     index, value, changed = await entry.query.next(wait_seconds=wait)
                 except asyncio.CancelledError:
                     raise
+                except PoolSaturated:
+                    # Every long-poll thread is taken: Consul may be fine. Readers read
+                    # through meanwhile (see _read_through); the watch tries again.
+                    entry.starved = True
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX)
+                    continue
                 except Exception as exc:
                     if entry.failing_since is None:
-                        entry.failing_since = self._clock()
+                        failed_at = self._clock()
+                        entry.failing_since = failed_at
+                        # In sync until the round broke, when it broke at once (refused,
+                        # reset: an agent going down). A round that timed out may have hung
+                        # on a dead link since it started: only its start is known good.
+                        entry.synced_at = round_started if _timed_out(exc) else failed_at
                     entry.last_error = exc
                     entry.query.reset()
                     await asyncio.sleep(retry)
                     retry = min(retry * 2, _RETRY_MAX)
                     continue
                 retry = _RETRY_FIRST
+                entry.starved = False
                 if changed:
                     entry.value, entry.index = value, index
                 entry.failing_since, entry.last_error = None, None

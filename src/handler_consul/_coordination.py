@@ -1,5 +1,5 @@
-"""The Python side of KV coordination: ``kv_update`` and ``watch``, and the way locks, updates
-and watches reach Consul (:class:`Calls`).
+"""The Python side of KV coordination: ``kv_update``, ``watch`` and ``lock()``'s arguments,
+and the way locks, updates and watches reach Consul (:class:`Calls`).
 
 Every request they make is an operation of the dispatch table run by the handler itself:
 validated by the same models, through the same breaker, retries, pools and error
@@ -21,17 +21,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from handler_consul._clock import Clock
 from handler_consul._errors import (
     ContextFields,
     InfraConflictError,
     InfraConnectionError,
     InfraUnavailableError,
+    InfraValidationError,
     make_context,
 )
+from handler_consul._operations.values import check_value
 from handler_consul._results import WatchResult
+from handler_consul._validation import KvKey, LockDelay, SessionTtl
 
-__all__ = ["Calls", "Host", "Stoppable", "Updater", "kv_update", "stop_on_shutdown", "watch"]
+__all__ = [
+    "Calls",
+    "Host",
+    "LockRequest",
+    "Stoppable",
+    "Updater",
+    "kv_update",
+    "lock_request",
+    "stop_on_shutdown",
+    "watch",
+]
 
 # Between two CAS attempts that lost: full jitter under a ceiling that doubles from this, so
 # that writers which collided do not collide again in lockstep.
@@ -106,6 +121,43 @@ def stop_on_shutdown(runtime: Host, work: Stoppable) -> Callable[[], None]:
     return lambda: registered.discard(work)
 
 
+# -- lock()'s arguments ---------------------------------------------------------------------
+
+
+class LockRequest(BaseModel):
+    """``lock()``'s arguments, checked before anything is sent."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    key: KvKey
+    ttl: SessionTtl = "15s"
+    wait: float = Field(30.0, ge=0, le=86400, allow_inf_nan=False)
+    lock_delay: LockDelay = "15s"
+    value: str | bytes = ""
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | bytes) -> str | bytes:
+        return check_value(value, "utf-8")
+
+
+def lock_request(**arguments: Any) -> LockRequest:
+    """The request, or InfraValidationError naming the argument (its value never shown)."""
+    try:
+        return LockRequest(**arguments)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        # The first part names the argument; the rest are pydantic's union tags.
+        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "lock"
+        fields = ContextFields("lock", None, "consul.default", None)
+        problem = InfraValidationError(
+            f"invalid lock(): {field}: {errors[0]['msg']}",
+            context=make_context(fields, InfraValidationError, attempts=0, field=field),
+            errors=[{"field": field, "type": errors[0]["type"], "message": errors[0]["msg"]}],
+        )
+    raise problem
+
+
 # -- kv_update -------------------------------------------------------------------------------
 
 Updater = Callable[[str | bytes | None], "str | bytes | Awaitable[str | bytes]"]
@@ -173,14 +225,18 @@ class _Watch:
 
 
 async def watch(
-    calls: Calls, payload: dict[str, Any], *, wait: float
+    calls: Calls, targets: dict[str, str | None], *, wait: float
 ) -> AsyncIterator[WatchResult]:
-    """Yield the target's state now, then each time its content changes.
+    """Yield the state of the one target given (``targets``: key, prefix or service) now,
+    then each time its content changes.
 
     Transient failures (Consul unreachable, an open breaker) are ridden out: the watch waits
     a little, reads afresh, and yields if the content changed meanwhile. Anything else
     (refused credentials, a rejected request) is raised. It ends when the handler shuts down.
     """
+    chosen = {kind: target for kind, target in targets.items() if target is not None}
+    # One target; none, or two, is refused by consul.watch's rules, naming the field.
+    payload = {"kind": next(iter(chosen), "key"), **chosen}
     index = 0
     last: Any = _NOTHING
     retry = _WATCH_RETRY_FIRST

@@ -25,64 +25,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from handler_consul._coordination import Calls, stop_on_shutdown
+from handler_consul._coordination import Calls, LockRequest, stop_on_shutdown
 from handler_consul._errors import (
     ContextFields,
     InfraError,
     InfraLockTimeoutError,
     InfraUnavailableError,
-    InfraValidationError,
     make_context,
 )
 from handler_consul._log import handler_log
-from handler_consul._operations.values import check_value
 from handler_consul._runtime import Runtime
-from handler_consul._validation import KvKey, LockDelay, SessionTtl, duration_seconds
+from handler_consul._validation import duration_seconds
 
-__all__ = ["Lease", "LockContext", "LockRequest"]
+__all__ = ["Lease", "LockContext", "acquire"]
+
+E = TypeVar("E", bound=InfraError)
 
 # A key that looks free but refuses the lock is retried after this, doubling up to the cap.
 _REFUSED_FIRST, _REFUSED_MAX = 0.05, 1.0
 # A failed blocking round on a held key is retried after this, doubling up to the cap.
 _FOLLOW_RETRY_FIRST, _FOLLOW_RETRY_MAX = 0.05, 2.0
-
-
-class LockRequest(BaseModel):
-    """``lock()``'s arguments, checked before anything is sent."""
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
-
-    key: KvKey
-    ttl: SessionTtl = "15s"
-    wait: float = Field(30.0, ge=0, le=86400, allow_inf_nan=False)
-    lock_delay: LockDelay = "15s"
-    value: str | bytes = ""
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, value: str | bytes) -> str | bytes:
-        return check_value(value, "utf-8")
-
-
-def lock_request(**arguments: Any) -> LockRequest:
-    """The request, or InfraValidationError naming the argument (its value never shown)."""
-    try:
-        return LockRequest(**arguments)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False, include_context=False)
-        # The first part names the argument; the rest are pydantic's union tags.
-        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "lock"
-        fields = ContextFields("lock", None, "consul.default", None)
-        problem = InfraValidationError(
-            f"invalid lock(): {field}: {errors[0]['msg']}",
-            context=make_context(fields, InfraValidationError, attempts=0, field=field),
-            errors=[{"field": field, "type": errors[0]["type"], "message": errors[0]["msg"]}],
-        )
-    raise problem
 
 
 class Lease:
@@ -102,6 +66,7 @@ class Lease:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ending: asyncio.Task[None] | None = None
+        self._step: asyncio.Future[dict[str, Any]] | None = None  # a wait for the key
         self._unregister = stop_on_shutdown(runtime, self)
 
     def __repr__(self) -> str:
@@ -228,7 +193,7 @@ class Lease:
                 "index": index,
                 "wait": min(remaining, 600.0),
             }
-            step = await self._calls.call("consul.watch", step_payload)
+            step = await self._wait_step(step_payload)
             now_free = not step["result"]["session"]
             if now_free and free:
                 # Refused although nobody holds it: the lock-delay of an invalidated session
@@ -241,12 +206,32 @@ class Lease:
             free, index = now_free, step["index"]
         return False
 
+    async def _wait_step(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One blocking query on the key, which a release (shutdown) ends at once."""
+        self._step = asyncio.ensure_future(self._calls.call("consul.watch", payload))
+        try:
+            return await self._step
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._ending is None or (task is not None and task.cancelling()):
+                raise  # our caller was cancelled
+            raise self._stopped() from None
+        finally:
+            self._step = None
+
+    def _stopped(self) -> InfraUnavailableError:
+        return self._error(InfraUnavailableError, "the handler shut down while waiting for it")
+
     def _timed_out(self) -> InfraLockTimeoutError:
+        waited = f"still held by another session after {self._request.wait:g}s"
+        return self._error(InfraLockTimeoutError, waited)
+
+    def _error(self, kind: type[E], what: str) -> E:
         runtime = self._runtime
         fields = ContextFields("lock", None, runtime.target, runtime.settings.datacenter)
-        return InfraLockTimeoutError(
-            f"lock {self.key!r}: still held by another session after {self._request.wait:g}s",
-            context=make_context(fields, InfraLockTimeoutError, attempts=1, request_sent=True),
+        return kind(
+            f"lock {self.key!r}: {what}",
+            context=make_context(fields, kind, attempts=1, request_sent=True),
         )
 
     # -- releasing -----------------------------------------------------------------------
@@ -266,6 +251,8 @@ class Lease:
         self._lose("released")
         if self._timer is not None:
             self._timer.cancel()
+        if self._step is not None:
+            self._step.cancel()  # still waiting for the key: that wait is over
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -292,6 +279,26 @@ class Lease:
             self._unregister()
 
 
+_ORPHANS: set[asyncio.Task[Any]] = set()
+
+
+def _destroy_orphan(calls: Calls, creating: asyncio.Future[dict[str, Any]]) -> None:
+    """Destroy the session a cancelled lock() created after all."""
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    destroy = calls.call(
+        "consul.session_destroy", {"session_id": creating.result()["session_id"]}, closing=True
+    )
+
+    async def quietly() -> None:
+        with contextlib.suppress(InfraError):
+            await destroy
+
+    task = asyncio.ensure_future(quietly())
+    _ORPHANS.add(task)
+    task.add_done_callback(_ORPHANS.discard)
+
+
 def _runtime(calls: Calls) -> Runtime | None:
     runtime = calls.runtime()
     return runtime if isinstance(runtime, Runtime) else None
@@ -301,15 +308,23 @@ async def _new_lease(calls: Calls, request: LockRequest) -> Lease:
     runtime = _runtime(calls)
     # Consul starts the TTL when it creates the session: the local clock starts before.
     asked_at = asyncio.get_running_loop().time()
-    created = await calls.call(
-        "consul.session_create",
-        {
-            "name": f"handler-consul lock {request.key}"[:256],
-            "ttl": request.ttl,
-            "lock_delay": request.lock_delay,
-            "behavior": "release",
-        },
+    creating = asyncio.ensure_future(
+        calls.call(
+            "consul.session_create",
+            {
+                "name": f"handler-consul lock {request.key}"[:256],
+                "ttl": request.ttl,
+                "lock_delay": request.lock_delay,
+                "behavior": "release",
+            },
+        )
     )
+    try:
+        created = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        # The request goes on: a session it creates is destroyed, not left to its TTL.
+        creating.add_done_callback(lambda done: _destroy_orphan(calls, done))
+        raise
     if runtime is None or _runtime(calls) is not runtime:
         # Shut down (or re-initialized) while the session was being created.
         with contextlib.suppress(InfraError):
@@ -338,7 +353,11 @@ async def acquire(calls: Calls, request: LockRequest) -> Lease:
         except BaseException:
             await lease.release()
             raise
-        await lease.release()  # its session died while waiting: start over with a new one
+        stopped = lease._ending is not None  # released from outside: shutdown
+        await lease.release()
+        if stopped:
+            raise lease._stopped()
+        # Its session died while waiting: start over with a new one.
 
 
 class LockContext:

@@ -37,6 +37,7 @@ from handler_consul._operations.effects import next_index, wait_text
 from handler_consul._operations.settle import run_to_completion
 from handler_consul._pool import BoundedThreadPool
 from handler_consul._settings import LongPollSettings
+from handler_consul._transport import InFlight
 
 __all__ = ["MAX_WAIT_SECONDS", "BlockingQuery", "LongPolls", "next_index", "wait_text"]
 
@@ -52,10 +53,16 @@ def _call(
     run: Callable[[ConsulClient, Any], Coroutine[Any, Any, T]],
     payload: Any,
     deadline: float,
+    call: InFlight,
 ) -> T:
-    """What a long-poll worker runs: one request, bounded by ``deadline`` (monotonic)."""
+    """What a long-poll worker runs: one request, bounded by ``deadline`` (monotonic), that
+    ``call`` can end early."""
     client.http.set_request_deadline(deadline)
-    return run_to_completion(run(client, payload))
+    client.http.set_call(call)
+    try:
+        return run_to_completion(run(client, payload))
+    finally:
+        client.http.set_call(None)
 
 
 class LongPolls:
@@ -110,9 +117,16 @@ class LongPolls:
         seconds = self.request_seconds(wait_seconds)
         now = time.monotonic()
         end = now + seconds if deadline is None else min(deadline, now + seconds)
-        return await self.pool.run(
-            _call, self.client, run, payload, end, timeout=max(end - now, 0.0)
-        )
+        call = InFlight()
+        try:
+            return await self.pool.run(
+                _call, self.client, run, payload, end, call, timeout=max(end - now, 0.0)
+            )
+        except asyncio.CancelledError:
+            # The caller gave up (a consumer's wait_for, a cancelled lock wait): end the
+            # query now, or it would hold its thread for the rest of its wait.
+            call.abort()
+            raise
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start background work owned by this runtime: cancelled and awaited on close."""

@@ -9,7 +9,7 @@ work on every Python the package supports.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired
+from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -258,8 +258,10 @@ class WatchResult(TypedDict):
     """One ``consul.watch`` step. ``index`` is what to send with the next step (Consul's
     rules applied: 0 after the index went backwards, never below 1 otherwise); ``changed``
     is whether it moved past the index sent (a step from 0 counts as changed). ``result``
-    has kv_get's shape: a single-key result for ``key``, a recursive one for ``prefix``."""
+    has kv_get's shape (a single-key result for ``key``, a recursive one for ``prefix``) or,
+    for ``service``, consul.discover's: ``{"service", "instances", "index", "source",
+    "age_seconds"}`` with the passing instances."""
 
     index: int
     changed: bool
-    result: KvGetResult | KvGetRecurseResult
+    result: KvGetResult | KvGetRecurseResult | dict[str, Any]

@@ -31,6 +31,7 @@ from handler_consul._operations import Operation, call_operation
 from handler_consul._pool import BoundedThreadPool, PoolClosed
 from handler_consul._settings import RetrySettings
 from handler_consul._translate import translate
+from handler_consul._transport import InFlight
 
 __all__ = [
     "AttemptObserver",
@@ -194,12 +195,13 @@ class Attempts:
         clock: Clock,
         rng: Callable[[], float],
         sleep: Sleep | None,
-        slow_calls_count: bool = True,
+        long_polls: bool = False,
     ) -> None:
         self.pool = pool
-        # False for long polls: a blocking query that waits out its ``wait`` is a success by
-        # design, never a slow call for the breaker.
-        self._slow_calls_count = slow_calls_count
+        # For blocking queries: one that waits out its ``wait`` is a success by design, never
+        # a slow call for the breaker; and a caller that gives up ends its query at once
+        # (InFlight), or the query would hold its thread for the rest of its wait.
+        self._long_polls = long_polls
         self.client = client
         self.policy = policy
         self.budget = budget
@@ -260,16 +262,20 @@ class Attempts:
                 # The worker's requests end by the same instant the caller stops waiting; on
                 # the real monotonic clock, whatever clock the loop is driven by.
                 request_deadline = time.monotonic() + remaining
+                call = InFlight() if self._long_polls else None
                 result = await self.pool.run(
                     call_operation,
                     self.client,
                     operation,
                     payload,
                     request_deadline,
+                    call,
                     timeout=remaining,
                 )
-            except _UNCOUNTED:
+            except _UNCOUNTED as exc:
                 permit.ignore()
+                if call is not None and isinstance(exc, asyncio.CancelledError):
+                    call.abort()
                 raise
             except BaseException as exc:  # every other failure is translated, here
                 error = translate(exc, fields, attempts=attempt, token=self._token)
@@ -280,7 +286,7 @@ class Attempts:
                 else:
                     permit.ignore()
             else:
-                permit.success(clock() - call_started if self._slow_calls_count else 0.0)
+                permit.success(0.0 if self._long_polls else clock() - call_started)
                 # Operations build a fresh dict per call (their TypedDicts): no copy needed.
                 return result, attempt  # type: ignore[return-value]
             delay = self._retry_delay(

@@ -156,7 +156,7 @@ def build_runtime(
         clock=clock,
         rng=rng,
         sleep=sleep,
-        slow_calls_count=False,
+        long_polls=True,
     )
     return Runtime(
         settings,

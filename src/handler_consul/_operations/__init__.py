@@ -57,6 +57,7 @@ from handler_consul._operations.session import (
 from handler_consul._operations.settle import run_to_completion
 from handler_consul._operations.txn import TxnPayload, txn, txn_is_idempotent
 from handler_consul._operations.watch import WatchPayload, serve_kv_get, serve_watch, watch_step
+from handler_consul._transport import InFlight
 
 __all__ = ["OPERATIONS", "Effects", "Operation", "call_leader", "call_operation"]
 
@@ -118,12 +119,23 @@ OPERATIONS: Mapping[str, Operation] = {
 
 
 def call_operation(
-    client: ConsulClient, operation: Operation, payload: Any, deadline: float
+    client: ConsulClient,
+    operation: Operation,
+    payload: Any,
+    deadline: float,
+    call: InFlight | None = None,
 ) -> Mapping[str, Any]:
     """What a worker thread runs: the operation, its requests bounded by the envelope's
-    deadline (an absolute ``time.monotonic()`` instant, so a wait in the queue counts)."""
+    deadline (an absolute ``time.monotonic()`` instant, so a wait in the queue counts).
+    ``call``, for long polls, lets the caller end the request it waits on."""
     client.http.set_request_deadline(deadline)
-    return run_to_completion(operation.run(client, payload))
+    if call is None:
+        return run_to_completion(operation.run(client, payload))
+    client.http.set_call(call)
+    try:
+        return run_to_completion(operation.run(client, payload))
+    finally:
+        client.http.set_call(None)
 
 
 def call_leader(client: ConsulClient, deadline: float) -> str:

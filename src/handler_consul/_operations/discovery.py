@@ -1,11 +1,8 @@
 """consul.discover, consul.endpoint and consul.services: healthy instances, found and picked.
 
 ``discover`` asks ``/v1/health/service/<name>`` (tags, passing, dc, near, node-meta) and
-gives each instance in one flat shape: the service's address, else its node's; Consul's
-``Weights``; and a ``status`` that is the worst of the instance's checks (node checks such as
-``serfHealth`` included, as Consul's own ``passing`` filter counts them). The query itself
-(:func:`health_query`) is separate from the shaping (:func:`instances`) so the discovery
-cache can run the same query as a blocking one and shape what it keeps.
+gives each instance in one flat shape (:mod:`.health`, shared with ``consul.watch``); the
+discovery cache runs the same query as a blocking one and keeps the shaped instances.
 
 With ``cache`` (the default) :func:`serve_discover` answers from the query cache: the first
 read of a query goes to Consul through the breaker and retries, a blocking query in the
@@ -32,11 +29,11 @@ from handler_consul._balance import Balancer, Strategy
 from handler_consul._client import ConsulClient
 from handler_consul._errors import InfraConnectionError, InfraUnavailableError
 from handler_consul._operations.effects import Effects
+from handler_consul._operations.health import health_read, index_of
 from handler_consul._operations.settle import settle
 from handler_consul._results import (
     DiscoverResult,
     EndpointResult,
-    HealthStatus,
     ServiceInstance,
     ServicesResult,
 )
@@ -66,8 +63,6 @@ __all__ = [
     "endpoint",
     "fallback_result",
     "health_query",
-    "index_of",
-    "instances",
     "no_healthy_instance",
     "serve_discover",
     "serve_endpoint",
@@ -75,9 +70,6 @@ __all__ = [
 ]
 
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
-# Worst first: an instance is as healthy as its least healthy check.
-_SEVERITY: dict[str, int] = {"passing": 0, "warning": 1, "critical": 2}
-_STATUSES: tuple[HealthStatus, ...] = ("passing", "warning", "critical")
 MAX_TAGS = 64
 YIELD_EVERY = 8
 _READS = "discovery_reads"
@@ -116,77 +108,33 @@ class ServicesPayload(BaseModel):
     datacenter: Datacenter | None = None
 
 
-def index_of(raw: Any) -> int:
-    """python-consul2 hands X-Consul-Index back as the header string (or None)."""
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return 0
-
-
 async def health_query(
     client: ConsulClient,
     payload: DiscoverPayload,
     index: int | None = None,
     wait: str | None = None,
-) -> tuple[int, list[dict[str, Any]]]:
-    """``(X-Consul-Index, raw entries)`` of the health query ``payload`` describes."""
-    raw_index, entries = await settle(
-        client.health_service(
-            payload.service,
-            tags=payload.tags,
-            passing=payload.passing_only,
-            dc=payload.datacenter,
-            near=payload.near,
-            node_meta=payload.node_meta,
-            index=index,
-            wait=wait,
-        )
+) -> tuple[int, list[ServiceInstance]]:
+    """``(X-Consul-Index, instances)`` of the health query ``payload`` describes."""
+    return await health_read(
+        client,
+        payload.service,
+        tags=payload.tags,
+        passing=payload.passing_only,
+        dc=payload.datacenter,
+        near=payload.near,
+        node_meta=payload.node_meta,
+        index=index,
+        wait=wait,
     )
-    return index_of(raw_index), list(entries or [])
-
-
-def _status(checks: list[dict[str, Any]] | None) -> HealthStatus:
-    worst = 0
-    for check in checks or ():
-        # A status Consul may add later is not taken for healthy.
-        worst = max(worst, _SEVERITY.get(check.get("Status", ""), 2))
-    return _STATUSES[worst]
-
-
-def _instance(entry: dict[str, Any]) -> ServiceInstance:
-    node = entry.get("Node") or {}
-    service = entry.get("Service") or {}
-    weights = service.get("Weights") or {}
-    return {
-        "id": service.get("ID", ""),
-        "service": service.get("Service", ""),
-        "address": service.get("Address") or node.get("Address", ""),
-        "port": int(service.get("Port") or 0),
-        "tags": list(service.get("Tags") or []),
-        "meta": dict(service.get("Meta") or {}),
-        "weights": {
-            "passing": int(weights.get("Passing", 1)),
-            "warning": int(weights.get("Warning", 1)),
-        },
-        "node": node.get("Node", ""),
-        "datacenter": node.get("Datacenter", ""),
-        "status": _status(entry.get("Checks")),
-    }
-
-
-def instances(entries: list[dict[str, Any]]) -> list[ServiceInstance]:
-    """Consul's health entries in the flat instance shape, in Consul's order."""
-    return [_instance(entry) for entry in entries]
 
 
 async def discover(client: ConsulClient, payload: DiscoverPayload) -> DiscoverResult:
     """One uncached read: what Consul says now."""
-    index, entries = await health_query(client, payload)
+    index, found = await health_query(client, payload)
     source: Literal["consul"] = "consul"
     return {
         "service": payload.service,
-        "instances": instances(entries),
+        "instances": found,
         "index": index,
         "source": source,
         "age_seconds": 0.0,
@@ -201,20 +149,11 @@ async def services(client: ConsulClient, payload: ServicesPayload) -> ServicesRe
     }
 
 
-async def _shaped(
-    client: ConsulClient, payload: DiscoverPayload
-) -> tuple[int, list[ServiceInstance]]:
-    """The first read of a cached query, shaped in the worker: the cache keeps instances."""
-    index, entries = await health_query(client, payload)
-    return index, instances(entries)
-
-
 async def _shaped_round(
     payload: DiscoverPayload, client: ConsulClient, round_: tuple[int, str]
 ) -> tuple[int, list[ServiceInstance]]:
     """One blocking round of the cache's watch (``round_`` is its index and wait)."""
-    index, entries = await health_query(client, payload, *round_)
-    return index, instances(entries)
+    return await health_query(client, payload, *round_)
 
 
 def _copy(instance: ServiceInstance) -> ServiceInstance:
@@ -236,7 +175,7 @@ async def _discovered(
     cached = await effects.cached(
         query,
         partial(_shaped_round, payload),
-        partial(effects.call, _shaped, payload),
+        partial(effects.call, health_query, payload),
     )
     # An answer from memory never suspends: a caller reading in a tight loop would hold the
     # event loop for the whole loop. Every YIELD_EVERY-th one lets the loop run (~0.3 µs a

@@ -77,6 +77,8 @@ _RESULT_COUNT = {
     "check-session": 1,
 }
 _RETURNS_VALUE = frozenset({"get", "get-tree"})
+# Writes that return the entry they wrote, which carries the transaction's Raft index.
+_WRITES_RETURNING = frozenset({"set", "cas", "lock", "unlock"})
 
 
 class TxnOperation(BaseModel):
@@ -196,27 +198,85 @@ async def txn(client: ConsulClient, payload: TxnPayload) -> TxnAppliedResult | T
 def _entries(operations: list[TxnOperation], raw: list[dict[str, Any]]) -> list[KvEntry]:
     """Consul's results as KvEntries, each knowing whether its verb returns the value.
 
-    Results come in the order of the operations that produce them; every verb produces a
-    fixed number except get-tree, whose entries are those under its prefix.
+    Consul returns the entries of every operation in one list, so which entry came from
+    which operation is worked out (:func:`_sources`); a Consul that answers otherwise than
+    this model expects gets its values shown as stored.
     """
-    fixed_after = [0] * (len(operations) + 1)
-    for i in range(len(operations) - 1, -1, -1):
-        fixed_after[i] = fixed_after[i + 1] + _RESULT_COUNT.get(operations[i].verb, 0)
-    out: list[KvEntry] = []
-    position = 0
-    for i, op in enumerate(operations):
+    verbs = _sources(operations, raw)
+    if verbs is None:
+        return [_txn_entry(item, True) for item in raw]
+    return [_txn_entry(item, verb in _RETURNS_VALUE) for item, verb in zip(raw, verbs, strict=True)]
+
+
+def _sources(operations: list[TxnOperation], raw: list[dict[str, Any]]) -> list[str] | None:
+    """The verb behind each entry, or None when no split of ``raw`` fits the operations.
+
+    The rules a split must follow: every verb but get-tree returns a set number of entries,
+    each the key it names; a get-tree returns its prefix's keys in strictly increasing order;
+    and in a transaction that writes, an entry carries the transaction's Raft index exactly
+    when an earlier operation of it wrote that key (a get-tree before a set of the same key
+    shows the old entry, or none). A search tries the longest run for each get-tree first,
+    memoised on failures.
+    """
+    keys = [str(item.get("Key", "")) for item in raw]
+    written_before = _written_before(operations)
+    index = None
+    if raw and any(op.verb in _WRITES_RETURNING for op in operations):
+        index = max(int(item.get("ModifyIndex", 0)) for item in raw)
+    fresh = [index is not None and int(item.get("ModifyIndex", 0)) == index for item in raw]
+    failed: set[tuple[int, int]] = set()
+
+    def fits(i: int, start: int, end: int) -> bool:
+        if index is None:
+            return True
+        if operations[i].verb in _WRITES_RETURNING:
+            return all(fresh[start:end])
+        return all(fresh[k] == (keys[k] in written_before[i]) for k in range(start, end))
+
+    def split(i: int, position: int) -> list[str] | None:
+        if i == len(operations):
+            return [] if position == len(keys) else None
+        if (i, position) in failed:
+            return None
+        op = operations[i]
         if op.verb == "get-tree":
-            end, last = position, len(raw) - fixed_after[i + 1]
-            while end < last and str(raw[end].get("Key", "")).startswith(op.key):
-                end += 1
-            count = end - position
+            run = position
+            while (
+                run < len(keys)
+                and keys[run].startswith(op.key)
+                and (run == position or keys[run] > keys[run - 1])
+            ):
+                run += 1
+            candidates = range(run, position - 1, -1)
         else:
             count = _RESULT_COUNT.get(op.verb, 0)
-        for item in raw[position : position + count]:
-            out.append(_txn_entry(item, op.verb in _RETURNS_VALUE))
-        position += count
-    # Anything left over (a Consul that returns more than this model expects) is kept.
-    out.extend(_txn_entry(item, True) for item in raw[position:])
+            named = count == 0 or (position < len(keys) and keys[position] == op.key)
+            candidates = range(position + count, position + count + 1) if named else range(0)
+        for end in candidates:
+            if not fits(i, position, end):
+                continue
+            rest = split(i + 1, end)
+            if rest is not None:
+                return [op.verb] * (end - position) + rest
+        failed.add((i, position))
+        return None
+
+    return split(0, 0)
+
+
+def _written_before(operations: list[TxnOperation]) -> list[frozenset[str]]:
+    """For each operation, the keys earlier operations of the transaction wrote (and did
+    not delete since)."""
+    out: list[frozenset[str]] = []
+    written: set[str] = set()
+    for op in operations:
+        out.append(frozenset(written))
+        if op.verb in _WRITES_RETURNING:
+            written.add(op.key)
+        elif op.verb in ("delete", "delete-cas"):
+            written.discard(op.key)
+        elif op.verb == "delete-tree":
+            written = {k for k in written if not k.startswith(op.key)}
     return out
 
 

@@ -15,6 +15,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+from handler_consul._operations.health import index_of
 from handler_consul._operations.settle import settle
 from handler_consul._results import KvEntry, KvGetKeysResult, KvGetRecurseResult, KvGetResult
 from handler_consul._validation import MAX_VALUE_BYTES, check_text
@@ -114,14 +115,6 @@ def entry(item: dict[str, Any]) -> KvEntry:
         "lock_index": int(item.get("LockIndex", 0)),
         "session": item.get("Session"),
     }
-
-
-def index_of(raw: Any) -> int:
-    """python-consul2 returns X-Consul-Index as the header string (or None)."""
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return 0
 
 
 async def kv_read(

@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from handler_consul._operations.effects import Effects, next_index, wait_text
+from handler_consul._operations.health import health_read
 from handler_consul._operations.values import KvRead, KvReadResult, kv_read
 from handler_consul._results import WatchResult
 from handler_consul._validation import UINT64_MAX, KvKey, KvPrefix, ServiceName
@@ -81,8 +82,21 @@ async def watch_round(client: Any, step: tuple[WatchPayload, int, str | None]) -
     """One blocking query (in a long-poll worker): ``(X-Consul-Index, result)``."""
     payload, index, wait = step
     if payload.kind == "service":
-        raise NotImplementedError("service watches come with service discovery")
+        return await _service_read(client, payload.target(), index, wait)
     return await kv_read(client, payload.read(), index, wait)
+
+
+# -- service watches ---------------------------------------------------------------------------
+# A service step answers in consul.discover's shape: the service's passing instances, read and
+# flattened as discovery reads and flattens them (:mod:`.health`).
+
+
+async def _service_read(
+    client: Any, service: str, index: int, wait: str | None
+) -> tuple[int, dict[str, Any]]:
+    at, instances = await health_read(client, service, passing=True, index=index, wait=wait)
+    found = {"service": service, "instances": instances, "index": at, "source": "consul"}
+    return at, {**found, "age_seconds": 0.0}
 
 
 def _step(payload: WatchPayload) -> tuple[WatchPayload, int, str | None]:

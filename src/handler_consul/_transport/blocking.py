@@ -23,10 +23,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import select
-import socket
 import ssl
 import threading
 import time
@@ -45,6 +43,7 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight, shut_down
 from handler_consul._transport.response import ConsulHTTPResponse
 
 __all__ = ["ConsulTransport", "TransportConfig"]
@@ -88,6 +87,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._closed = False
         # Connections whose request is sent and whose answer is awaited (abort_in_flight).
         self._receiving: set[http.client.HTTPConnection] = set()
+        self._aborting = False
         self._local = threading.local()
         self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
@@ -100,6 +100,10 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
 
     # -- per-request timeout ------------------------------------------------------------
+
+    def set_call(self, call: InFlight | None) -> None:
+        """Let ``call`` abort the requests this thread makes next (see :class:`InFlight`)."""
+        self._local.call = call
 
     def set_request_deadline(self, deadline: float | None) -> None:
         """Bound the requests this thread makes next by an absolute ``time.monotonic()``
@@ -199,12 +203,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         thread for the rest of its wait. Their outcome is reported as unknown (sent).
         """
         with self._lock:
+            # A worker between its checkout and its first read is not in _receiving yet: the
+            # flag makes it end its request itself, so none slips through and blocks.
+            self._aborting = True
             waiting = list(self._receiving)
         for conn in waiting:
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            shut_down(conn)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         path: str,
         params: Params,
         data: str | bytes | None,
-        accept: Collection[int],
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -278,6 +282,15 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             break
         with self._lock:
             self._receiving.add(conn)
+            aborting = self._aborting
+        call: InFlight | None = getattr(self._local, "call", None)
+        if call is not None and not call.attach(conn):
+            with self._lock:
+                self._receiving.discard(conn)
+            conn.close()
+            raise TransportConnectionError(f"{where}: abandoned by its caller", request_sent=True)
+        if aborting:
+            shut_down(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
@@ -287,6 +300,8 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         finally:
             with self._lock:
                 self._receiving.discard(conn)
+            if call is not None:
+                call.detach()
         if response.will_close:
             conn.close()
         else:
