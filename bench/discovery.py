@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import statistics
 import time
 import warnings
@@ -92,6 +93,13 @@ async def contenders(
         "consul2.health": consul2_health,
     }
     return calls, close, handler
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def _median(values: list[float]) -> float:
@@ -202,6 +210,7 @@ async def _changes(
 
 async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, Any]:
     register_instances(agent)
+    load_before = _loadavg()
     calls, close, handler = await contenders(agent.host, agent.http_port)
     try:
         started = time.perf_counter()
@@ -214,7 +223,7 @@ async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, An
     best_cached = {
         op: max(cells[f"{op}.c{n}"]["median"]["ops_per_s"] for n in INFLIGHT) for op in cached_ops
     }
-    # What one CPU-second buys, whatever the neighbours on a shared machine take.
+    # What one CPU-second buys: less sensitive than ops/s to neighbours on a shared machine.
     per_cpu_second = {
         op: max(1e6 / cells[f"{op}.c{n}"]["median"]["cpu_us_per_op"] for n in INFLIGHT)
         for op in cached_ops
@@ -231,6 +240,8 @@ async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, An
             "changes": args.changes,
         },
         "elapsed_s": elapsed,
+        "load_before": load_before,
+        "load_after": _loadavg(),
         "cells": cells,
         "visibility": fresh,
         "target": {
@@ -250,7 +261,8 @@ def write_markdown(result: dict[str, Any], machine: dict[str, Any], path: Path) 
         f"`{result['command']}` on {result['date']} ({machine.get('cpu', '?')}, "
         f"{machine.get('cpus', '?')} CPUs, Python {machine.get('python', '?')}, "
         f"{machine.get('consul', '?')}). Medians of {result['config']['rounds']} interleaved "
-        "rounds; three instances of one service; pool 10 for every contender that has one.",
+        "rounds; three instances of one service; pool 10 for every contender that has one. "
+        f"Load average before / after: {result.get('load_before')} / {result.get('load_after')}.",
         "",
         "| contender | in flight | ops/s | latency p50 µs | p99 µs | loop lag p99 ms | CPU µs/op |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -275,8 +287,8 @@ def write_markdown(result: dict[str, Any], machine: dict[str, Any], path: Path) 
         f"Target: cached envelopes at least {target['cached_ops_per_s']:,}/s in one process: "
         f"**{verdict}** (best: "
         + ", ".join(f"{k} {v:,.0f}/s" for k, v in target["best"].items())
-        + "). Per CPU-second of the process (1 / its CPU time per envelope, which the load of "
-        "other work on the machine does not change): "
+        + "). Per CPU-second of the process (1 / its CPU time per envelope; less sensitive "
+        "than wall-clock throughput to other work on a shared machine, not immune to it): "
         + ", ".join(f"{k} {v:,.0f}" for k, v in target["per_cpu_second"].items())
         + ".",
         "",
