@@ -28,6 +28,7 @@ from handler_consul._clock import Clock, monotonic
 from handler_consul._settings import BreakerSettings
 
 __all__ = [
+    "MAX_BREAKERS",
     "BreakerState",
     "CircuitBreaker",
     "MixinAsyncCircuitBreaker",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+# Breakers kept at once (one per datacenter named): a bound on what envelopes can create.
+MAX_BREAKERS = 64
 
 
 class BreakerState(enum.StrEnum):
@@ -105,6 +108,10 @@ class _State:
     __slots__ = ()
     name: ClassVar[BreakerState]
 
+    def forgettable(self) -> bool:
+        """Whether a breaker in this state may be dropped: it remembers nothing."""
+        return False
+
     def acquire(self, breaker: CircuitBreaker) -> Permit | None:
         raise NotImplementedError
 
@@ -124,6 +131,9 @@ class _State:
 class _Closed(_State):
     __slots__ = ("consecutive_failures",)
     name = BreakerState.CLOSED
+
+    def forgettable(self) -> bool:
+        return self.consecutive_failures == 0
 
     def __init__(self) -> None:
         self.consecutive_failures = 0
@@ -371,10 +381,16 @@ class MixinAsyncCircuitBreaker:
         self._cb_breakers = {}
 
     def circuit_breaker(self, datacenter: str | None = None) -> CircuitBreaker:
-        """The breaker for ``datacenter``; None (or "") is the agent's own datacenter."""
+        """The breaker for ``datacenter``; None (or "") is the agent's own datacenter.
+
+        Envelopes name datacenters, so breakers are kept to ``MAX_BREAKERS``: past that the
+        oldest one that remembers nothing (closed, no failure counted) makes room.
+        """
         name = f"consul.{datacenter or 'default'}"
         breaker = self._cb_breakers.get(name)
         if breaker is None:
+            if len(self._cb_breakers) >= MAX_BREAKERS:
+                self._cb_make_room()
             breaker = CircuitBreaker(
                 name,
                 self._cb_config,
@@ -384,6 +400,10 @@ class MixinAsyncCircuitBreaker:
             )
             self._cb_breakers[name] = breaker
         return breaker
+
+    def _cb_make_room(self) -> None:
+        idle = (n for n, b in self._cb_breakers.items() if b._state.forgettable())
+        del self._cb_breakers[next(idle, next(iter(self._cb_breakers)))]
 
     def force_open_circuit(self, datacenter: str | None = None) -> None:
         self.circuit_breaker(datacenter).force_open()

@@ -44,3 +44,24 @@ def test_mixin_manual_control_and_states() -> None:
 def test_mixin_keeps_its_attributes_under_cb_prefix() -> None:
     host = Host(FakeClock(), TransitionLog())
     assert all(name.startswith("_cb_") for name in vars(host))
+
+
+def test_breakers_are_bounded_and_an_open_one_is_never_the_one_dropped() -> None:
+    """Envelopes name datacenters: however many names, at most MAX_BREAKERS breakers."""
+    from handler_consul._breaker import MAX_BREAKERS
+
+    host = Host(FakeClock(), TransitionLog())
+    fail(host.circuit_breaker("down"), 1)  # remembers an outage
+    for n in range(MAX_BREAKERS * 3):
+        host.circuit_breaker(f"dc{n}")
+    states = host.circuit_breaker_states()
+    assert len(states) == MAX_BREAKERS
+    assert states["consul.down"]["state"] == "open"
+    assert f"consul.dc{MAX_BREAKERS * 3 - 1}" in states
+    # All open: the oldest goes, so a name can always get a breaker.
+    for n in range(MAX_BREAKERS + 1):
+        fail(host.circuit_breaker(f"out{n}"), 1)
+    states = host.circuit_breaker_states()
+    assert len(states) == MAX_BREAKERS
+    assert "consul.down" not in states
+    assert states[f"consul.out{MAX_BREAKERS}"]["state"] == "open"
