@@ -119,6 +119,11 @@ class Maintenance:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._kept: dict[str, _Kept] = {}
+        # Upkeeps ended by a register in flight, brought back if it fails (resume()).
+        self._suspended: dict[str, _Kept] = {}
+        # The newest ticket per service ID (see the Maintainer protocol).
+        self._tickets: dict[str, int] = {}
+        self._next_ticket = 0
         self._link: _Link | None = None
         self._closing = False
         self._breaker = CircuitBreaker("consul.maintenance", _UNGUARDED, clock=clock)
@@ -144,7 +149,42 @@ class Maintenance:
 
     # -- what the register and deregister operations call ----------------------------------
 
-    async def maintain(self, payload: RegisterPayload) -> None:
+    def ticket(self, service_id: str) -> int:
+        self._next_ticket += 1
+        self._tickets[service_id] = self._next_ticket
+        return self._next_ticket
+
+    def _newest(self, service_id: str, ticket: int) -> bool:
+        return self._tickets.get(service_id) == ticket
+
+    async def suspend(self, service_id: str) -> None:
+        kept = self._kept.pop(service_id, None)
+        if kept is None:
+            return
+        # Only the first suspension is kept aside: a later one finds the slot empty.
+        self._suspended.setdefault(service_id, kept)
+        await self._stop(kept)
+
+    def resume(self, service_id: str, ticket: int) -> None:
+        if not self._newest(service_id, ticket):
+            return
+        kept = self._suspended.pop(service_id, None)
+        link = self._link
+        if kept is None or link is None or self._closing or service_id in self._kept:
+            return
+        kept.stop = asyncio.Event()
+        self._kept[service_id] = kept
+        self._start(link, kept)
+
+    async def forget_suspended(self, service_id: str, ticket: int) -> None:
+        if self._newest(service_id, ticket):
+            self._suspended.pop(service_id, None)
+
+    async def maintain(self, payload: RegisterPayload, ticket: int) -> None:
+        service_id = payload.effective_id
+        if not self._newest(service_id, ticket):
+            return  # a newer register or a deregister of this ID decides
+        self._suspended.pop(service_id, None)
         link = self._link
         if link is None:
             return
@@ -155,7 +195,11 @@ class Maintenance:
                     link, _DEREGISTER, DeregisterPayload(service_id=payload.effective_id)
                 )
             return
-        await self.forget(payload.effective_id)
+        # Normally empty (suspended by this register); stop anything that slipped in.
+        await self.suspend(service_id)
+        self._suspended.pop(service_id, None)
+        if not self._newest(service_id, ticket):
+            return
         check = payload.check
         heartbeat = duration_seconds(check.ttl) / 3 if check is not None and check.ttl else None
         kept = _Kept(payload, payload.ttl_check_id, heartbeat, confirmed_at=self._clock())
@@ -163,6 +207,8 @@ class Maintenance:
         self._start(link, kept)
 
     async def forget(self, service_id: str) -> bool:
+        self.ticket(service_id)  # any register in flight can no longer start an upkeep
+        self._suspended.pop(service_id, None)
         kept = self._kept.pop(service_id, None)
         if kept is None:
             return False
@@ -173,7 +219,8 @@ class Maintenance:
         """At shutdown: end every upkeep, then deregister what was maintained (unless
         ``maintain.deregister_on_shutdown`` is off)."""
         link, self._closing = self._link, True
-        kept, self._kept = list(self._kept.values()), {}
+        kept, self._kept = [*self._kept.values(), *self._suspended.values()], {}
+        self._suspended = {}
         await asyncio.gather(*(self._stop(k) for k in kept))
         if link is None or not link.settings.maintain.deregister_on_shutdown:
             return

@@ -292,31 +292,63 @@ async def read_registration(client: ConsulClient, service_id: str) -> dict[str, 
 
 
 class Maintainer(Protocol):
-    """The handler's upkeep of maintained registrations (see handler_consul._maintain)."""
+    """The handler's upkeep of maintained registrations (see handler_consul._maintain).
 
-    async def maintain(self, payload: RegisterPayload) -> None:
-        """Keep ``payload`` (registered just now) registered and its TTL check passing."""
+    Every register and deregister of an ID takes a ticket first; only the holder of the
+    newest ticket may start, or bring back, that ID's upkeep. So concurrent registers leave
+    exactly one upkeep, and a deregister that overlaps a register in flight stays done.
+    """
+
+    def ticket(self, service_id: str) -> int:
+        """A new ticket for ``service_id``: older ones can no longer start its upkeep."""
+
+    async def suspend(self, service_id: str) -> None:
+        """End the current upkeep of ``service_id`` (kept aside for :meth:`resume`);
+        returns once none of its requests is in flight."""
+
+    def resume(self, service_id: str, ticket: int) -> None:
+        """The register holding ``ticket`` failed: bring the suspended upkeep back, if
+        ``ticket`` is still the newest."""
+
+    async def maintain(self, payload: RegisterPayload, ticket: int) -> None:
+        """Keep ``payload`` (registered just now) registered and its TTL check passing, if
+        ``ticket`` is still the newest."""
 
     async def forget(self, service_id: str) -> bool:
-        """Stop keeping ``service_id`` alive; returns once no upkeep request is in flight."""
+        """Stop keeping ``service_id`` alive for good (a deregister): takes a ticket, ends
+        any upkeep, suspended or running; returns once no upkeep request is in flight."""
+
+    async def forget_suspended(self, service_id: str, ticket: int) -> None:
+        """A register without ``maintain`` replaced the definition: drop the suspended
+        upkeep, if ``ticket`` is still the newest."""
 
 
 async def serve_register(effects: Effects, payload: RegisterPayload) -> RegisterResult:
     maintainer: Maintainer | None = effects.state.get(MAINTENANCE)
-    if maintainer is not None:
-        # Registered again, maintained or not: the old upkeep ends before the new definition
-        # lands, so it can never restore the old one over it.
-        await maintainer.forget(payload.effective_id)
-    elif payload.maintain:
-        raise effects.error(InfraUnavailableError, "consul.register: no maintenance available")
-    result = await effects.call(register, payload)
-    if payload.maintain and maintainer is not None:
+    if maintainer is None:
+        if payload.maintain:
+            raise effects.error(InfraUnavailableError, "consul.register: no maintenance available")
+        return await effects.call(register, payload)
+    service_id = payload.effective_id
+    ticket = maintainer.ticket(service_id)
+    # Registered again, maintained or not: the old upkeep is suspended before the new
+    # definition lands, so it can never restore the old one over it; if this register fails
+    # or is cancelled, the old upkeep comes back (unless something newer happened since).
+    await maintainer.suspend(service_id)
+    try:
+        result = await effects.call(register, payload)
         check_id = payload.ttl_check_id
-        if check_id is not None:
+        if payload.maintain and check_id is not None:
             # Passing when this returns: the caller need not wait for the first heartbeat.
             passing = CheckUpdatePayload(check_id=check_id, status="passing", output=MAINTAINED)
             await effects.call(check_update, passing)
-        await maintainer.maintain(payload)
+    except BaseException:
+        maintainer.resume(service_id, ticket)
+        raise
+    if payload.maintain:
+        await maintainer.maintain(payload, ticket)
+    else:
+        await maintainer.forget_suspended(service_id, ticket)
     return result
 
 
