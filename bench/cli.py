@@ -155,11 +155,7 @@ def machine_info(consul_bin: str) -> dict[str, Any]:
     }
 
 
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+loadavg = agent_mod.loadavg
 
 
 def _median(values: list[float]) -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import statistics
 import time
 import warnings
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders as C
+from bench.agent import loadavg
 from handler_consul import ConsulSettings, HandlerConsul
 
 SERVICE = "bench-web"
@@ -93,13 +93,6 @@ async def contenders(
         "consul2.health": consul2_health,
     }
     return calls, close, handler
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _median(values: list[float]) -> float:
@@ -210,7 +203,7 @@ async def _changes(
 
 async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, Any]:
     register_instances(agent)
-    load_before = _loadavg()
+    load_before = loadavg()
     calls, close, handler = await contenders(agent.host, agent.http_port)
     try:
         started = time.perf_counter()
@@ -241,7 +234,7 @@ async def run(args: Any, agent: Any, log: Callable[[str], None]) -> dict[str, An
         },
         "elapsed_s": elapsed,
         "load_before": load_before,
-        "load_after": _loadavg(),
+        "load_after": loadavg(),
         "cells": cells,
         "visibility": fresh,
         "target": {

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Self
 
-from .consul import POLL_INTERVAL, ConsulAgent, ConsulHarnessError
+from .consul import POLL_INTERVAL, AgentGroup, ConsulAgent, ConsulHarnessError
 
 _names = itertools.count(1)
 
 
-class TwoDatacenters:
+class TwoDatacenters(AgentGroup):
     """``dc1`` and ``dc2``, one server each (state on disk), WAN-joined.
 
     Ready when each server names a leader and ``dc1``'s agent answers a query forwarded to
@@ -88,19 +86,3 @@ class TwoDatacenters:
                 last = repr(exc)
             time.sleep(POLL_INTERVAL)
         raise ConsulHarnessError(f"dc1 never reached dc2 ({last})\n" + self.log_tails())
-
-    def close(self) -> None:
-        for agent in self.agents:
-            with contextlib.suppress(Exception):
-                agent.close()
-        if self._owns_base:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_tails(self, n: int = 20) -> str:
-        return "\n".join(f"--- {a.describe()}\n{a.log_tail(n)}" for a in self.agents)
