@@ -383,6 +383,8 @@ async def test_shutdown_ends_blocking_queries_in_flight_at_once(
 ) -> None:
     """A watch asked to block for 60 s: shutdown() shuts its socket down, so the long-poll
     thread is free within a second, not at the end of the wait."""
+    # Other tests' handlers may still have watch threads winding down: count only ours.
+    before = set(threading.enumerate())
     handler = await make_tuned_handler(consul_agent)
     runtime = runtime_of(handler)
     key = unique_key()
@@ -391,7 +393,9 @@ async def test_shutdown_ends_blocking_queries_in_flight_at_once(
     pending = asyncio.ensure_future(held.next(wait_seconds=60.0))
     await asyncio.sleep(0.3)
     assert runtime.long_polls.pool.snapshot()["busy"] == 2
-    workers = [t for t in threading.enumerate() if t.name.startswith("handler-consul-watch-")]
+    workers = [
+        t for t in set(threading.enumerate()) - before if t.name.startswith("handler-consul-watch-")
+    ]
     assert len(workers) == 2
     started = time.monotonic()
     await handler.shutdown()
