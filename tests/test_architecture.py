@@ -25,7 +25,9 @@ LAYERS: dict[str, int] = {
     "_clock": 0,
     "_errors": 0,
     "_validation": 0,
+    "_check_policy": 0,
     "_results": 0,
+    "_balance": 1,  # the endpoint strategies: pure logic over _results' instances
     "_settings_env": 1,
     "_settings_parts": 1,
     "_settings": 2,
@@ -41,12 +43,14 @@ LAYERS: dict[str, int] = {
     "_pool": 5,
     "_breaker": 5,
     "_operations.settle": 0,
+    "_operations.health": 1,  # the health read and the instance shape, discovery's and watch's
     "_operations.values": 5,
     "_operations.effects": 1,
     "_longpoll": 6,
     "_cache": 7,
     "_operations.kv": 6,
     "_operations.service": 6,
+    "_operations.discovery": 6,
     "_operations.session": 6,
     "_operations.txn": 6,
     "_operations.watch": 6,
@@ -56,10 +60,12 @@ LAYERS: dict[str, int] = {
     "_schema": 8,
     "_retry": 9,
     "_runtime": 10,
+    "_maintain": 10,  # maintained registrations: the runtime's attempts, never the runtime
     "_coordination": 10,  # needs only a runtime's shape, not its module
     "_lifecycle": 11,
     "_locks": 11,
     "_effects": 11,
+    "_services": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,
     "": 13,  # handler_consul/__init__.py: the public API

@@ -201,3 +201,50 @@ def test_the_coordination_bench_produces_every_figure(consul_bin: str, tmp_path:
     rendered = (tmp_path / "COORDINATION.md").read_text()
     assert rendered.startswith("# KV coordination: side by side")
     assert "Cached kv_get target (50,000/s in one process):" in rendered
+
+
+# -- the discovery stage ------------------------------------------------------------------
+
+DISCOVERY_CELLS = ("discover.cached", "endpoint.cached", "discover.uncached", "consul2.health")
+
+
+@pytest.fixture(scope="module")
+def discovery_run(consul_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-discovery")
+    argv = [
+        sys.executable, "-m", "bench", "--discovery", "--rounds", "1",
+        "--cached-ops", "300", "--uncached-ops", "40", "--changes", "6",
+        "--spaced-seconds", "0.01", "--consul-bin", consul_bin, "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return {
+        "out": out,
+        "stdout": proc.stdout,
+        "results": json.loads((out / "discovery.json").read_text()),
+    }
+
+
+def test_discovery_stage_measures_every_contender(discovery_run: dict[str, Any]) -> None:
+    result = discovery_run["results"]
+    for name in DISCOVERY_CELLS:
+        for n in (1, 64):
+            cell = result["cells"][f"{name}.c{n}"]
+            assert cell["errors"] == 0, (name, n, cell["first_error"])
+            for key in ("ops_per_s", "lat_p50_us", "lat_p99_us", "cpu_us_per_op"):
+                assert _positive(cell["median"][key]), (name, n, key)
+    for mode in ("spaced", "back_to_back"):
+        fresh = result["visibility"][mode]
+        assert fresh["changes"] == 6
+        assert _positive(fresh["p50_ms"])
+        assert fresh["max_ms"] >= fresh["p99_ms"] >= fresh["p50_ms"]
+    target = result["target"]
+    assert target["cached_ops_per_s"] == 50_000
+    assert set(target["best"]) == {"discover.cached", "endpoint.cached"}
+    assert all(_positive(v) for v in target["per_cpu_second"].values())
+    assert isinstance(target["met"], bool)
+    assert "cached envelopes >= 50,000/s" in discovery_run["stdout"]
+    assert not (discovery_run["out"] / "results.json").exists()  # the comparison's own file
+    markdown = (discovery_run["out"] / "DISCOVERY.md").read_text()
+    assert "## Change visibility" in markdown
+    assert "python-consul2 `health.service`" in markdown

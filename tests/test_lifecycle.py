@@ -30,11 +30,15 @@ from handler_consul import (
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
 OPERATIONS = [
+    "consul.check_update",
     "consul.deregister",
+    "consul.discover",
+    "consul.endpoint",
     "consul.kv_delete",
     "consul.kv_get",
     "consul.kv_put",
     "consul.register",
+    "consul.services",
     "consul.session_create",
     "consul.session_destroy",
     "consul.session_renew",

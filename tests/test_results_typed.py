@@ -20,7 +20,10 @@ from support import envelope, kv_get, kv_put, uniq
 
 import handler_consul
 from handler_consul import (
+    CheckUpdateResult,
     DeregisterResult,
+    DiscoverResult,
+    EndpointResult,
     HandlerConsul,
     HandlerResponse,
     KvDeleteResult,
@@ -30,6 +33,8 @@ from handler_consul import (
     KvGetResult,
     KvPutResult,
     RegisterResult,
+    ServiceInstance,
+    ServicesResult,
     SessionCreateResult,
     SessionDestroyResult,
     SessionRenewResult,
@@ -48,6 +53,11 @@ RESULTS = [
     KvPutResult,
     RegisterResult,
     DeregisterResult,
+    DiscoverResult,
+    ServiceInstance,
+    EndpointResult,
+    ServicesResult,
+    CheckUpdateResult,
     KvDeleteResult,
     TxnAppliedResult,
     TxnError,
@@ -63,6 +73,10 @@ ACCESSORS = [
     "as_kv_put",
     "as_register",
     "as_deregister",
+    "as_discover",
+    "as_endpoint",
+    "as_services",
+    "as_check_update",
     "as_kv_delete",
     "as_txn",
     "as_session_create",
@@ -109,6 +123,10 @@ def test_the_dispatch_table_returns_the_exported_types() -> None:
     assert result_type(OPERATIONS["consul.kv_put"]) is KvPutResult
     assert result_type(OPERATIONS["consul.register"]) is RegisterResult
     assert result_type(OPERATIONS["consul.deregister"]) is DeregisterResult
+    assert result_type(OPERATIONS["consul.discover"]) is DiscoverResult
+    assert result_type(OPERATIONS["consul.services"]) is ServicesResult
+    assert result_type(OPERATIONS["consul.endpoint"]) is EndpointResult
+    assert result_type(OPERATIONS["consul.check_update"]) is CheckUpdateResult
     assert result_type(OPERATIONS["consul.kv_delete"]) is KvDeleteResult
     txn_shapes = typing.get_args(result_type(OPERATIONS["consul.txn"]))
     assert set(txn_shapes) == {TxnAppliedResult, TxnRolledBackResult}
@@ -129,7 +147,15 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     missing = await handler.execute(kv_get(f"{prefix}/missing"))
     tree = await handler.execute(kv_get(prefix, recurse=True))
     keys = await handler.execute(kv_get(prefix, keys_only=True))
-    registered = await handler.execute(envelope("register", service_id=service, name=service))
+    registered = await handler.execute(
+        envelope("register", service_id=service, name=service, check={"ttl": "1m"})
+    )
+    updated = await handler.execute(
+        envelope("check_update", check_id=f"service:{service}", status="passing")
+    )
+    found = await handler.execute(envelope("discover", service=service, cache=False))
+    catalog = await handler.execute(envelope("services"))
+    picked = await handler.execute(envelope("endpoint", service=service))
     deregistered = await handler.execute(envelope("deregister", service_id=service))
 
     checks: list[tuple[Any, Any]] = [
@@ -140,6 +166,10 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
         (keys.as_kv_get_keys(), KvGetKeysResult),
         (registered.as_register(), RegisterResult),
         (deregistered.as_deregister(), DeregisterResult),
+        (updated.as_check_update(), CheckUpdateResult),
+        (found.as_discover(), DiscoverResult),
+        (catalog.as_services(), ServicesResult),
+        (picked.as_endpoint(), EndpointResult),
     ]
     for result, tp in checks:
         assert TypeAdapter(tp).validate_python(result, strict=True) == result
@@ -152,6 +182,10 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     assert put.as_kv_put()["applied"] is True
     assert registered.as_register()["service_id"] == service
     assert deregistered.as_deregister()["deregistered"] is True
+    assert updated.as_check_update()["updated"] is True
+    assert [i["id"] for i in found.as_discover()["instances"]] == [service]
+    assert service in catalog.as_services()["services"]
+    assert picked.as_endpoint()["instance_id"] == service
 
 
 async def test_every_real_coordination_result_validates_and_comes_back_typed(
@@ -191,6 +225,10 @@ RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
     "as_kv_put": ("consul.kv_put", {"key": "k", "applied": True}),
     "as_register": ("consul.register", {"service_id": "s", "name": "s", "registered": True}),
     "as_deregister": ("consul.deregister", {"service_id": "s", "deregistered": True}),
+    "as_discover": ("consul.discover", {"service": "s", "instances": [], "index": 1}),
+    "as_endpoint": ("consul.endpoint", {"service": "s", "address": "h", "port": 1}),
+    "as_services": ("consul.services", {"services": {}, "index": 1}),
+    "as_check_update": ("consul.check_update", {"check_id": "c", "updated": True}),
     "as_kv_delete": ("consul.kv_delete", {"key": "k", "deleted": True}),
     "as_txn": ("consul.txn", {"applied": False, "errors": []}),
     "as_session_create": ("consul.session_create", {"session_id": "s"}),

@@ -16,7 +16,13 @@ from pydantic import BaseModel
 
 from handler_consul._breaker import CircuitBreaker
 from handler_consul._clock import Clock
-from handler_consul._errors import ContextFields, InfraUnavailableError, make_context, redact
+from handler_consul._errors import (
+    ContextFields,
+    InfraError,
+    InfraUnavailableError,
+    make_context,
+    redact,
+)
 from handler_consul._operations import Operation
 from handler_consul._operations.effects import Cached, Fetch, Run, StaleAnswer
 from handler_consul._retry import AttemptObserver
@@ -26,6 +32,7 @@ __all__ = ["EnvelopeEffects"]
 
 T = TypeVar("T")
 P = TypeVar("P")
+E = TypeVar("E", bound=InfraError)
 
 
 def _always(_payload: Any) -> bool:
@@ -71,6 +78,10 @@ class EnvelopeEffects:
     @property
     def state(self) -> dict[str, Any]:
         return self._runtime.state
+
+    def error(self, error_class: type[E], message: str) -> E:
+        context = make_context(self._fields, error_class, attempts=self.attempts)
+        return error_class(redact(message, self._runtime.token), context=context)
 
     @property
     def min_interval_seconds(self) -> float:

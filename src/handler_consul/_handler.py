@@ -10,17 +10,17 @@ docs/patterns/architecture.md draws the whole map.
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from uuid import UUID
 
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY
 from handler_consul._clock import Clock, Sleep, monotonic
 from handler_consul._coordination import Calls, Updater, kv_update, lock_request, watch
 from handler_consul._effects import EnvelopeEffects
-from handler_consul._envelope import Envelope, HandlerResponse
+from handler_consul._envelope import Envelope, HandlerResponse, new_correlation_id
 from handler_consul._errors import (
     ContextFields,
     InfraError,
@@ -32,11 +32,11 @@ from handler_consul._locks import LockContext
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
 from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
-from handler_consul._results import WatchResult
+from handler_consul._results import EndpointResult, WatchResult
 from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
+from handler_consul._services import Services, hold
 from handler_consul._settings import BreakerSettings, ConsulSettings
-from handler_consul._validation import DEFAULT_CHECK_POLICY
 from handler_consul._version import __version__
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
         self._telemetry: Telemetry | None = None
+        # Round-robin positions, held leases and maintained registrations outlive a runtime.
+        self._services = Services(clock, rng)
         self._calls = Calls(self._call, lambda: self._lifecycle.runtime, clock, rng)
         if tracer_provider is not None or meter_provider is not None:
             self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
@@ -93,6 +95,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         connections and never replies. A second call replaces the old resources cleanly.
         """
         await self._lifecycle.initialize(config)
+        self._services.attach(self._lifecycle.runtime)
 
     async def shutdown(self) -> None:
         """Refuse new envelopes, let in-flight ones finish within the grace period, then fail
@@ -195,7 +198,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         chosen = payload.__dict__.get("datacenter")
         if chosen and chosen != datacenter:
             datacenter, target = chosen, f"consul.{chosen}"
-        correlation_id = env.correlation_id or _new_correlation_id()
+        correlation_id = env.correlation_id or new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()
         if closing_ok and lifecycle.state == "shutting_down":
@@ -243,7 +246,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         settings = runtime.settings if runtime is not None else self._base_settings
         datacenter = datacenter or (settings.datacenter if settings else None)
         target = f"consul.{datacenter or 'default'}"
-        fields = ContextFields(name, _new_correlation_id(), target, datacenter)
+        fields = ContextFields(name, new_correlation_id(), target, datacenter)
         refusal = lifecycle.refusal()
         if runtime is None or refusal is not None:
             raise InfraUnavailableError(
@@ -340,8 +343,25 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "cache": runtime.cache.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,
+            "maintained": self._services.maintenance.snapshot(),
             "settings": settings.public_dict() if settings else None,
         }
+
+    def lease(
+        self,
+        service: str,
+        *,
+        strategy: str = "round_robin",
+        fallback: str | None = None,
+        timeout_seconds: float | None = None,
+        **filters: Any,
+    ) -> AbstractAsyncContextManager[EndpointResult]:
+        """``async with handler.lease(service) as endpoint``: one healthy instance, counted
+        as held until the block ends (what ``least_connections`` reads). ``filters`` are
+        ``consul.discover``'s; see :func:`handler_consul._services.hold`."""
+        options = {"strategy": strategy, "fallback": fallback, "timeout_seconds": timeout_seconds}
+        return hold(self.execute, self._services.balancer, self._lifecycle, self._base_settings,
+                    service, options, filters)  # fmt: skip
 
     async def health_check(self) -> dict[str, Any]:
         """Ask Consul for its leader (no ACL needed); report latency and breaker state.
@@ -393,21 +413,3 @@ def _on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
         new.value,
         extra={"target": name, "breaker_from": old.value, "breaker_to": new.value},
     )
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
-
-
-def _new_correlation_id() -> UUID:
-    """A random version-4 UUID without a syscall and without ``UUID.__init__``.
-
-    ``uuid.uuid4()`` reads os.urandom, which releases the GIL; getting it back behind busy
-    worker threads cost ~100 µs per envelope in profiles. Correlation IDs need uniqueness,
-    not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
-    bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
-    """
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
-    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
-    return value

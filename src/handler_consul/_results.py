@@ -14,7 +14,12 @@ from typing import Any, Literal, NotRequired
 from typing_extensions import TypedDict
 
 __all__ = [
+    "CheckUpdateResult",
     "DeregisterResult",
+    "DiscoverResult",
+    "EndpointResult",
+    "HealthStatus",
+    "InstanceWeights",
     "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
@@ -22,6 +27,8 @@ __all__ = [
     "KvGetResult",
     "KvPutResult",
     "RegisterResult",
+    "ServiceInstance",
+    "ServicesResult",
     "SessionCreateResult",
     "SessionDestroyResult",
     "SessionRenewResult",
@@ -30,6 +37,9 @@ __all__ = [
     "TxnRolledBackResult",
     "WatchResult",
 ]
+
+# A check's status as Consul reports it; an instance's is the worst of its checks'.
+HealthStatus = Literal["passing", "warning", "critical"]
 
 
 class KvEntry(TypedDict):
@@ -114,6 +124,72 @@ class DeregisterResult(TypedDict):
 
     service_id: str
     deregistered: bool
+
+
+class InstanceWeights(TypedDict):
+    """Consul's ``Weights`` of a service instance: its share of traffic while passing, and
+    while warning."""
+
+    passing: int
+    warning: int
+
+
+class ServiceInstance(TypedDict):
+    """One instance of a service, as ``consul.discover`` gives it. ``address`` is the
+    service's own address, else its node's; ``status`` is the worst of its checks (an
+    instance without checks is ``passing``)."""
+
+    id: str
+    service: str
+    address: str
+    port: int
+    tags: list[str]
+    meta: dict[str, str]
+    weights: InstanceWeights
+    node: str
+    datacenter: str
+    status: HealthStatus
+
+
+class DiscoverResult(TypedDict):
+    """``consul.discover``: the instances that match, and where the answer came from.
+
+    ``source`` is ``consul`` for an answer read just now and ``cache`` for one served from
+    the discovery cache; ``age_seconds`` is how long ago Consul gave it (0 when fresh).
+    """
+
+    service: str
+    instances: list[ServiceInstance]
+    index: int
+    source: Literal["consul", "cache"]
+    age_seconds: float
+
+
+class EndpointResult(TypedDict):
+    """``consul.endpoint``: one healthy instance picked by the strategy, or the fallback
+    (``source: fallback``, no ``instance_id`` and no age)."""
+
+    service: str
+    address: str
+    port: int
+    instance_id: str | None
+    source: Literal["consul", "cache", "fallback"]
+    age_seconds: float | None
+
+
+class CheckUpdateResult(TypedDict):
+    """``consul.check_update``: the TTL check now has ``status``."""
+
+    check_id: str
+    status: HealthStatus
+    updated: bool
+
+
+class ServicesResult(TypedDict):
+    """``consul.services``: every service in the catalog with the tags its instances use."""
+
+    services: dict[str, list[str]]
+    index: int
 
 
 class KvDeleteResult(TypedDict):

@@ -20,6 +20,7 @@ from types import EllipsisType
 from typing import Any
 
 from handler_consul._cache import QueryCache
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock, Sleep
 from handler_consul._errors import (
@@ -35,7 +36,6 @@ from handler_consul._settings import ConsulSettings, is_header_safe_token
 from handler_consul._settings_env import configuration_error
 from handler_consul._translate import translate
 from handler_consul._transport import ConsulTransport, TransportConfig
-from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["Runtime", "build_client", "build_runtime", "read_token"]
 

@@ -40,6 +40,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from handler_consul._check_policy import CheckPolicy
 from handler_consul._errors import InfraConfigurationError
 from handler_consul._settings_env import (
     canonical,
@@ -57,9 +58,10 @@ from handler_consul._settings_parts import (
     CacheSettings,
     CheckSettings,
     LongPollSettings,
+    MaintainSettings,
     RetrySettings,
 )
-from handler_consul._validation import CheckPolicy
+from handler_consul._validation import DATACENTER
 
 __all__ = [
     "BreakerSettings",
@@ -67,6 +69,7 @@ __all__ = [
     "CheckSettings",
     "ConsulSettings",
     "LongPollSettings",
+    "MaintainSettings",
     "RetrySettings",
     "is_header_safe_token",
     "load_settings",
@@ -78,7 +81,6 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 _TOKEN = re.compile(r"[\x21-\x7e]+")
-_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # AF_UNIX paths are at most 107 bytes on Linux (108 with the terminating NUL).
 _UNIX_PATH_MAX = 107
 
@@ -164,6 +166,7 @@ class ConsulSettings(BaseSettings):
     checks: CheckSettings = CheckSettings()
     long_poll: LongPollSettings = LongPollSettings()
     cache: CacheSettings = CacheSettings()
+    maintain: MaintainSettings = MaintainSettings()
 
     # Where each value was set ("environment variable CONSUL_PORT"), by dotted path.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -260,7 +263,7 @@ class ConsulSettings(BaseSettings):
     @field_validator("datacenter")
     @classmethod
     def _datacenter_name(cls, value: str | None) -> str | None:
-        if value is not None and not _DATACENTER.fullmatch(value):
+        if value is not None and not DATACENTER.fullmatch(value):
             raise ValueError("must be 1-64 letters, digits, '-' or '_'")
         return value
 

@@ -15,6 +15,7 @@ __all__ = [
     "CacheSettings",
     "CheckSettings",
     "LongPollSettings",
+    "MaintainSettings",
     "RetrySettings",
 ]
 
@@ -116,4 +117,21 @@ class CacheSettings(BaseModel):
         le=1024,
         description="Queries watched at once; each holds a long-poll thread (see long_poll)."
         " Past this, cached reads go to Consul each time.",
+    )
+
+
+class MaintainSettings(BaseModel):
+    """Registrations made with ``maintain: true``, which the handler keeps alive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deregister_on_shutdown: bool = Field(
+        True, description="Deregister every maintained service when the handler shuts down."
+    )
+    compare_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often the agent's copy of a maintained registration is compared "
+        "with what was registered (and restored when lost or changed).",
     )

@@ -16,6 +16,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from handler_consul._client import ConsulClient
+from handler_consul._operations.discovery import (
+    DiscoverPayload,
+    EndpointPayload,
+    ServicesPayload,
+    discover,
+    endpoint,
+    serve_discover,
+    serve_endpoint,
+    services,
+)
 from handler_consul._operations.effects import Effects
 from handler_consul._operations.kv import (
     KvDeletePayload,
@@ -28,10 +38,14 @@ from handler_consul._operations.kv import (
     kv_put_is_idempotent,
 )
 from handler_consul._operations.service import (
+    CheckUpdatePayload,
     DeregisterPayload,
     RegisterPayload,
+    check_update,
     deregister,
     register,
+    serve_deregister,
+    serve_register,
 )
 from handler_consul._operations.session import (
     SessionCreatePayload,
@@ -74,10 +88,14 @@ class Operation:
 OPERATIONS: Mapping[str, Operation] = {
     op.name: op
     for op in (
-        Operation("consul.register", RegisterPayload, register),
+        # Served on the loop: a registration with ``maintain`` is handed to the upkeep.
+        Operation("consul.register", RegisterPayload, register, serve=serve_register),
         # Not re-sent after an unknown outcome: a second DELETE answers 404 whether or not
-        # the first removed the service, so ``deregistered`` would be a guess.
-        Operation("consul.deregister", DeregisterPayload, deregister, _never),
+        # the first removed the service, so ``deregistered`` would be a guess. Served on the
+        # loop: a maintained service's upkeep ends before it is removed.
+        Operation(
+            "consul.deregister", DeregisterPayload, deregister, _never, serve=serve_deregister
+        ),
         # Served on the loop: "consistency": "cached" reads from memory, the rest is one
         # short request as before.
         Operation("consul.kv_get", KvGetPayload, kv_get, serve=serve_kv_get),
@@ -90,6 +108,12 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("consul.session_renew", SessionIdPayload, session_renew),
         Operation("consul.session_destroy", SessionIdPayload, session_destroy),
         Operation("consul.watch", WatchPayload, watch_step, serve=serve_watch),
+        # Cached by default (the query cache, kept fresh by blocking queries).
+        Operation("consul.discover", DiscoverPayload, discover, serve=serve_discover),
+        Operation("consul.endpoint", EndpointPayload, endpoint, serve=serve_endpoint),
+        Operation("consul.services", ServicesPayload, services),
+        # Setting a status twice leaves it as once: safe to re-send after an unknown outcome.
+        Operation("consul.check_update", CheckUpdatePayload, check_update),
     )
 }
 

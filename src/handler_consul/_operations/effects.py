@@ -14,10 +14,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from handler_consul._errors import InfraError
+
 __all__ = ["Cached", "Effects", "StaleAnswer", "next_index", "wait_text"]
 
 T = TypeVar("T")
 P = TypeVar("P")
+E = TypeVar("E", bound=InfraError)
 # The client is a ConsulClient; typed Any here so this seam sits below the client's layer.
 Run = Callable[[Any, P], Coroutine[Any, Any, T]]
 # One blocking round: (client, (index, wait)) -> (X-Consul-Index, result).
@@ -79,6 +82,10 @@ class Effects(Protocol):
     @property
     def state(self) -> dict[str, Any]:
         """Scratch space that lives as long as the runtime (round-robin positions, ...)."""
+
+    def error(self, error_class: type[E], message: str) -> E:
+        """An error of this envelope (its context: operation, correlation ID, datacenter,
+        attempts so far), for the operation's own verdicts, such as no healthy instance."""
 
     @property
     def min_interval_seconds(self) -> float:

@@ -25,6 +25,7 @@ from handler_consul._results import (
 )
 from handler_consul._validation import (
     UINT64_MAX,
+    Datacenter,
     KvKey,
     KvPrefix,
     SessionId,
@@ -65,6 +66,7 @@ class KvGetPayload(BaseModel):
     separator: str | None = Field(None, min_length=1, max_length=16)
     # "cached": served from memory, kept fresh by a blocking query (see _operations/watch.py).
     consistency: Literal["default", "stale", "consistent", "cached"] = "default"
+    datacenter: Datacenter | None = None
 
     @field_validator("key")
     @classmethod
@@ -106,6 +108,7 @@ class KvPutPayload(BaseModel):
     cas: int | None = Field(None, ge=0, le=UINT64_MAX)
     acquire: SessionId | None = None
     release: SessionId | None = None
+    datacenter: Datacenter | None = None
 
     @field_validator("value")
     @classmethod
@@ -183,6 +186,7 @@ async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
             flags=payload.flags,
             acquire=payload.acquire,
             release=payload.release,
+            dc=payload.datacenter,
         )
     )
     return {"key": payload.key, "applied": applied is True}

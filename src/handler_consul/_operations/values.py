@@ -15,6 +15,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+from handler_consul._operations.health import index_of
 from handler_consul._operations.settle import settle
 from handler_consul._results import KvEntry, KvGetKeysResult, KvGetRecurseResult, KvGetResult
 from handler_consul._validation import MAX_VALUE_BYTES, check_text
@@ -46,6 +47,8 @@ class KvQuery(Protocol):
     def separator(self) -> str | None: ...
     @property
     def consistency(self) -> str: ...
+    @property
+    def datacenter(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class KvRead:
     keys_only: bool = False
     separator: str | None = None
     consistency: str = "default"
+    datacenter: str | None = None
 
 
 def check_value(value: str | bytes, encoding: str) -> str | bytes:
@@ -113,14 +117,6 @@ def entry(item: dict[str, Any]) -> KvEntry:
     }
 
 
-def index_of(raw: Any) -> int:
-    """python-consul2 returns X-Consul-Index as the header string (or None)."""
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return 0
-
-
 async def kv_read(
     client: Any, query: KvQuery, index: int = 0, wait: str | None = None
 ) -> tuple[int, KvReadResult]:
@@ -138,6 +134,7 @@ async def kv_read(
             keys=keys_only,
             separator=query.separator,
             consistency=consistency,
+            dc=query.datacenter,
         )
     )
     at = index_of(raw_index)

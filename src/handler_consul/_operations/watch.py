@@ -22,10 +22,9 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from handler_consul._consul import consul_base
 from handler_consul._operations.effects import Effects, next_index, wait_text
-from handler_consul._operations.settle import settle
-from handler_consul._operations.values import KvRead, KvReadResult, index_of, kv_read
+from handler_consul._operations.health import health_read
+from handler_consul._operations.values import KvRead, KvReadResult, kv_read
 from handler_consul._results import WatchResult
 from handler_consul._validation import UINT64_MAX, KvKey, KvPrefix, ServiceName
 
@@ -101,48 +100,16 @@ async def watch_round(client: Any, step: tuple[WatchPayload, int, str | None]) -
 
 
 # -- service watches ---------------------------------------------------------------------------
-# A service step answers in consul.discover's shape: the service's passing instances, each
-# flattened as discovery flattens them (service address, else the node's). Written here until
-# service discovery and this module share one health read.
-_SEVERITY = {"passing": 0, "warning": 1, "critical": 2}
-_STATUSES = ("passing", "warning", "critical")
+# A service step answers in consul.discover's shape: the service's passing instances, read and
+# flattened as discovery reads and flattens them (:mod:`.health`).
 
 
 async def _service_read(
     client: Any, service: str, index: int, wait: str | None
 ) -> tuple[int, dict[str, Any]]:
-    health = consul_base.Consul.Health(client)
-    raw_index, entries = await settle(
-        health.service(service, index=index or None, wait=wait, passing=True)
-    )
-    at = index_of(raw_index)
-    instances = [_instance(entry) for entry in entries or []]
+    at, instances = await health_read(client, service, passing=True, index=index, wait=wait)
     found = {"service": service, "instances": instances, "index": at, "source": "consul"}
     return at, {**found, "age_seconds": 0.0}
-
-
-def _instance(entry: dict[str, Any]) -> dict[str, Any]:
-    node = entry.get("Node") or {}
-    service = entry.get("Service") or {}
-    weights = service.get("Weights") or {}
-    worst = max(
-        (_SEVERITY.get(c.get("Status", ""), 2) for c in entry.get("Checks") or ()), default=0
-    )
-    return {
-        "id": service.get("ID", ""),
-        "service": service.get("Service", ""),
-        "address": service.get("Address") or node.get("Address", ""),
-        "port": int(service.get("Port") or 0),
-        "tags": list(service.get("Tags") or []),
-        "meta": dict(service.get("Meta") or {}),
-        "weights": {
-            "passing": int(weights.get("Passing", 1)),
-            "warning": int(weights.get("Warning", 1)),
-        },
-        "node": node.get("Node", ""),
-        "datacenter": node.get("Datacenter", ""),
-        "status": _STATUSES[worst],
-    }
 
 
 def _step(payload: WatchPayload) -> tuple[WatchPayload, int, str | None]:
