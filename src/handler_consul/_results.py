@@ -9,7 +9,7 @@ work on every Python the package supports.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -264,4 +264,4 @@ class WatchResult(TypedDict):
 
     index: int
     changed: bool
-    result: KvGetResult | KvGetRecurseResult | dict[str, Any]
+    result: KvGetResult | KvGetRecurseResult | DiscoverResult

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from handler_consul._operations.effects import Effects, next_index, wait_text
 from handler_consul._operations.health import health_read
 from handler_consul._operations.values import KvRead, KvReadResult, kv_read
-from handler_consul._results import WatchResult
+from handler_consul._results import DiscoverResult, WatchResult
 from handler_consul._validation import UINT64_MAX, KvKey, KvPrefix, ServiceName
 
 __all__ = [
@@ -106,10 +106,16 @@ async def watch_round(client: Any, step: tuple[WatchPayload, int, str | None]) -
 
 async def _service_read(
     client: Any, service: str, index: int, wait: str | None
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, DiscoverResult]:
     at, instances = await health_read(client, service, passing=True, index=index, wait=wait)
-    found = {"service": service, "instances": instances, "index": at, "source": "consul"}
-    return at, {**found, "age_seconds": 0.0}
+    found: DiscoverResult = {
+        "service": service,
+        "instances": instances,
+        "index": at,
+        "source": "consul",
+        "age_seconds": 0.0,
+    }
+    return at, found
 
 
 def _step(payload: WatchPayload) -> tuple[WatchPayload, int, str | None]:
