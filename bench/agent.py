@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,3 +61,11 @@ def wrk_version() -> str | None:
         return None
     text = (proc.stdout + proc.stderr).strip().splitlines()
     return text[0] if text else "wrk"
+
+
+def loadavg() -> list[float]:
+    """The machine's load averages (1, 5, 15 min), for the record of a run."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []

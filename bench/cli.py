@@ -8,6 +8,10 @@ Stages:
 - ``--rss``: RSS across 1M real kv_get envelopes (RSS at 100k and at 1M), in the I/O mode
   ``--rss-io`` names (asyncio by default; each mode keeps its own section of the results).
 - ``--all``: both. ``--quick``: both, at small sizes (RSS at 2k and 20k).
+- ``--discovery``: service discovery (bench/discovery.py): cached ``consul.discover`` and
+  ``consul.endpoint`` against uncached discover and python-consul2's ``health.service``, and
+  the change-visibility latency; writes discovery.json and DISCOVERY.md, nothing else
+  (with ``--quick``: small sizes).
 
 Each stage updates its own section of results.json (the other is kept from the last run
 that produced it) and re-renders RESULTS.md and throughput.png (the plot needs the
@@ -36,7 +40,7 @@ from typing import Any
 
 from bench import agent as agent_mod
 from bench import contenders as C
-from bench import report, wrkrun
+from bench import discovery, report, wrkrun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OPS = ("kv_get", "kv_put")
@@ -56,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only re-render RESULTS.md and throughput.png from the existing results.json",
     )
     stage.add_argument("--all", action="store_true", help="comparison, then the RSS stage")
+    stage.add_argument(
+        "--discovery",
+        action="store_true",
+        help="only the service-discovery stage (cached vs uncached vs python-consul2)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -80,6 +89,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("asyncio", "uvloop"),
         default="asyncio",
         help="the event loop every contender runs on (asyncio's default loop)",
+    )
+    p.add_argument("--cached-ops", type=int, help="discovery: calls per cached cell (20000)")
+    p.add_argument("--uncached-ops", type=int, help="discovery: calls per uncached cell (2000)")
+    p.add_argument("--changes", type=int, help="discovery: changes timed per mode (60)")
+    p.add_argument(
+        "--spaced-seconds",
+        type=float,
+        default=0.1,
+        help="discovery: pause before each spaced-out change (0.1)",
     )
     p.add_argument("--inflight", default="1,16,64,256", help="handler in-flight levels")
     p.add_argument(
@@ -113,8 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.baseline_inflight = [int(x) for x in args.baseline_inflight.split(",")]
     args.pools = [int(x) for x in args.pools.split(",")]
     args.aio_pools = [int(x) for x in args.aio_pools.split(",") if x]
-    args.run_comparison = not (args.rss or args.render)
-    args.run_rss = args.rss or args.all or quick
+    args.cached_ops = args.cached_ops or (2000 if quick else 20_000)
+    args.uncached_ops = args.uncached_ops or (300 if quick else 2000)
+    args.changes = args.changes or (15 if quick else 60)
+    args.run_comparison = not (args.rss or args.render or args.discovery)
+    args.run_rss = args.rss or args.all or (quick and not args.discovery)
     return args
 
 
@@ -154,11 +175,7 @@ def machine_info(consul_bin: str) -> dict[str, Any]:
     }
 
 
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+loadavg = agent_mod.loadavg
 
 
 def _scaled(ops: int, contender: C.Contender) -> int:
@@ -626,6 +643,18 @@ def main(argv: list[str] | None = None) -> int:
         f"bench: consul {results['machine']['consul']}, wrk: "
         f"{results['machine']['wrk'] or 'not installed'}, load {loadavg()}"
     )
+    if args.discovery:
+        # Its own files: the comparison's results (and the machine they were measured on)
+        # stay as they are.
+        with agent_mod.dev_agent(consul_bin) as agent:
+            log(f"bench: dev agent on {agent.http_addr}")
+            measured = asyncio.run(discovery.run(args, agent, log))
+        measured["machine"] = results["machine"]
+        discovery.dump(measured, args.out / "discovery.json")
+        discovery.write_markdown(measured, results["machine"], args.out / "DISCOVERY.md")
+        log(f"bench: wrote {args.out / 'discovery.json'}, {args.out / 'DISCOVERY.md'}")
+        print(discovery.summary(measured))
+        return 0
     with agent_mod.dev_agent(consul_bin) as agent:
         log(f"bench: dev agent on {agent.http_addr}")
         if args.run_comparison:

@@ -10,6 +10,7 @@ Fixtures (all start real processes on 127.0.0.1; all are stopped at session end)
   ``.mint_token(rules_hcl) -> secret``.
 - ``consul_cluster`` (function): three servers; ``leader()``, ``followers()``,
   ``kill_leader()``, ``restart(agent)``, ``wait_for_leader(exclude=None, timeout=30)``.
+- ``two_datacenters`` (function): single-server agents ``.dc1`` and ``.dc2``, WAN-joined.
 - ``toxiproxy_server`` (session), ``toxiproxy_for(agent_or_addr) -> Toxiproxy`` (function
   factory), ``toxiproxy`` (function, in front of ``consul_agent``).
 - ``counting_proxy`` (function, in front of ``consul_agent``), ``counting_proxy_for``.
@@ -62,6 +63,7 @@ from harness import (
     NotBuiltYet,
     Toxiproxy,
     ToxiproxyServer,
+    TwoDatacenters,
 )
 
 _KINDS = {"consul": "consul_bin", "toxiproxy": "toxiproxy_bin"}
@@ -251,6 +253,13 @@ def consul_cluster(consul_bin: str, tmp_path: Path) -> Iterator[ConsulCluster]:
     cluster.close()
 
 
+@pytest.fixture
+def two_datacenters(consul_bin: str, tmp_path: Path) -> Iterator[TwoDatacenters]:
+    federation = TwoDatacenters(consul_bin, base_dir=tmp_path).start()
+    yield federation
+    federation.close()
+
+
 @pytest.fixture(scope="session")
 def toxiproxy_server(toxiproxy_bin: str, harness_dir: Path) -> Iterator[ToxiproxyServer]:
     server = ToxiproxyServer(toxiproxy_bin, base_dir=harness_dir)
@@ -341,8 +350,18 @@ CONSUL_ENV_VARS = (
     "CONSUL_RETRY",
     "CONSUL_BREAKER",
     "CONSUL_CHECKS",
+    "CONSUL_LONG_POLL",
+    "CONSUL_CACHE",
+    "CONSUL_MAINTAIN",
 )
-_NESTED_PREFIXES = ("CONSUL_RETRY__", "CONSUL_BREAKER__", "CONSUL_CHECKS__")
+_NESTED_PREFIXES = (
+    "CONSUL_RETRY__",
+    "CONSUL_BREAKER__",
+    "CONSUL_CHECKS__",
+    "CONSUL_LONG_POLL__",
+    "CONSUL_CACHE__",
+    "CONSUL_MAINTAIN__",
+)
 
 
 @pytest.fixture(autouse=True)

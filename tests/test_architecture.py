@@ -25,15 +25,19 @@ LAYERS: dict[str, int] = {
     "_clock": 0,
     "_errors": 0,
     "_validation": 0,
+    "_check_policy": 0,
     "_results": 0,
     "_deadlines": 0,  # many deadlines on one loop timer (the asyncio mode)
+    "_balance": 1,  # the endpoint strategies: pure logic over _results' instances
     "_settings_env": 1,
+    "_settings_parts": 1,
     "_settings": 2,
     "_envelope": 1,
     "_log": 1,
     "_transport.errors": 2,
     "_transport.response": 2,
     "_transport.connections": 2,
+    "_transport.inflight": 2,
     "_transport.blocking": 3,
     "_transport.aioconn": 3,  # io="asyncio": one connection, answers read by httptools
     "_transport.aio": 4,  # imported by its path (not re-exported by _transport)
@@ -43,15 +47,29 @@ LAYERS: dict[str, int] = {
     "_breaker": 5,
     "_bulkhead": 6,  # the asyncio mode's bound; shares the pool's errors
     "_operations.settle": 0,
+    "_operations.health": 1,  # the health read and the instance shape, discovery's and watch's
+    "_operations.values": 5,
+    "_operations.effects": 1,
+    "_longpoll": 6,
+    "_cache": 7,
     "_operations.kv": 6,
     "_operations.service": 6,
+    "_operations.discovery": 6,
+    "_operations.session": 6,
+    "_operations.txn": 6,
+    "_operations.watch": 6,
     "_operations": 7,
     "_translate": 8,
     "_parsing": 8,
     "_schema": 8,
     "_retry": 9,
     "_runtime": 10,
+    "_maintain": 10,  # maintained registrations: the runtime's attempts, never the runtime
+    "_coordination": 10,  # needs only a runtime's shape, not its module
     "_lifecycle": 11,
+    "_locks": 11,
+    "_effects": 11,
+    "_services": 11,
     "_telemetry": 11,  # imported by _handler only when a provider is handed in
     "_handler": 12,
     "": 13,  # handler_consul/__init__.py: the public API

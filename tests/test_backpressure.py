@@ -50,7 +50,6 @@ from support import (
 )
 
 from handler_consul import InfraTimeoutError, InfraUnavailableError
-from handler_consul._operations import OPERATIONS
 from handler_consul._pool import PoolSaturated
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
@@ -332,30 +331,41 @@ async def test_loop_ticks_during_shutdown_with_hung_calls(
     assert_loop_kept_ticking(ticker, min_ticks=50)
 
 
-# -- long polls: none yet ------------------------------------------------------------------
+# -- long polls stay out of the short pool ----------------------------------------------------
 
 
-async def test_no_operation_is_a_blocking_query(
+async def test_short_operations_never_send_a_blocking_query(
     consul_agent: ConsulAgent, counting_proxy_for: CountFor, make_tuned_handler: MakeHandler
 ) -> None:
-    """Blocking queries (``?index=N&wait=D``) would need a pool and a bound of their own;
-    none exists yet: no payload can ask for one and no request carries one."""
-    for operation in OPERATIONS.values():
-        fields = set(operation.payload_model.model_fields)
-        assert not fields & {"index", "wait", "wait_index", "blocking"}, operation.name
+    """Blocking queries (``?index=N&wait=D``) run only in the long-poll pool
+    (tests/test_long_polls.py); the short operations' requests never carry one, so a slot
+    of the short pool is never held for a wait."""
     counter = counting_proxy_for(consul_agent)
     handler = await make_tuned_handler(counter)
     name = uniq("lp")
     k = unique_key()
+    created = await handler.execute({"operation": "consul.session_create", "payload": {}})
+    session = {"session_id": created.result["session_id"]}
     envelopes = [
         kv_put(k, "v"),
         kv_get(k),
         kv_get(k.rsplit("/", 1)[0] + "/", recurse=True),
         kv_get(k.rsplit("/", 1)[0] + "/", keys_only=True),
-        {"operation": "consul.register", "payload": {"name": name}},
+        {"operation": "consul.register", "payload": {"name": name, "check": {"ttl": "1m"}}},
+        {
+            "operation": "consul.check_update",
+            "payload": {"check_id": f"service:{name}", "status": "passing"},
+        },
+        {"operation": "consul.discover", "payload": {"service": name, "cache": False}},
+        {"operation": "consul.endpoint", "payload": {"service": name, "cache": False}},
+        {"operation": "consul.services", "payload": {}},
         {"operation": "consul.deregister", "payload": {"service_id": name}},
+        {"operation": "consul.txn", "payload": {"operations": [{"verb": "get", "key": k}]}},
+        {"operation": "consul.kv_delete", "payload": {"key": k}},
+        {"operation": "consul.session_create", "payload": {"ttl": "10s"}},
+        {"operation": "consul.session_renew", "payload": session},
+        {"operation": "consul.session_destroy", "payload": session},
     ]
-    assert {e["operation"] for e in envelopes} == set(OPERATIONS)
     counter.reset()
     for env in envelopes:
         assert (await handler.execute(env)).status == "success"

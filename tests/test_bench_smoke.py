@@ -217,3 +217,72 @@ def test_render_without_matplotlib(bench_run: dict[str, Any], tmp_path: Path) ->
     assert len(_skip_lines(proc.stderr)) == 1, proc.stderr
     assert "## Headline" in (tmp_path / "RESULTS.md").read_text()
     assert not (tmp_path / "throughput.png").exists()
+
+
+def test_the_coordination_bench_produces_every_figure(consul_bin: str, tmp_path: Path) -> None:
+    """``scripts/bench coordination`` at a tiny size: every pair is measured and rendered."""
+    argv = [sys.executable, "-m", "bench", "coordination", "--rounds", "1", "--seconds", "0.2"]
+    argv += ["--out", str(tmp_path), "--consul-bin", consul_bin]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "coordination.json").read_text())
+    assert set(results["median_per_second"]) == {
+        "kv_get cached",
+        "kv_get through the pool",
+        "lock round: handler.lock",
+        "lock round: python-consul2 by hand",
+        "64 keys: one consul.txn",
+        "64 keys: 64 consul.kv_put",
+    }
+    assert all(_positive(v) for v in results["median_per_second"].values())
+    assert all(_positive(v) for v in results["median_ratio"].values())
+    rendered = (tmp_path / "COORDINATION.md").read_text()
+    assert rendered.startswith("# KV coordination: side by side")
+    assert "Cached kv_get target (50,000/s in one process):" in rendered
+
+
+# -- the discovery stage ------------------------------------------------------------------
+
+DISCOVERY_CELLS = ("discover.cached", "endpoint.cached", "discover.uncached", "consul2.health")
+
+
+@pytest.fixture(scope="module")
+def discovery_run(consul_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-discovery")
+    argv = [
+        sys.executable, "-m", "bench", "--discovery", "--rounds", "1",
+        "--cached-ops", "300", "--uncached-ops", "40", "--changes", "6",
+        "--spaced-seconds", "0.01", "--consul-bin", consul_bin, "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return {
+        "out": out,
+        "stdout": proc.stdout,
+        "results": json.loads((out / "discovery.json").read_text()),
+    }
+
+
+def test_discovery_stage_measures_every_contender(discovery_run: dict[str, Any]) -> None:
+    result = discovery_run["results"]
+    for name in DISCOVERY_CELLS:
+        for n in (1, 64):
+            cell = result["cells"][f"{name}.c{n}"]
+            assert cell["errors"] == 0, (name, n, cell["first_error"])
+            for key in ("ops_per_s", "lat_p50_us", "lat_p99_us", "cpu_us_per_op"):
+                assert _positive(cell["median"][key]), (name, n, key)
+    for mode in ("spaced", "back_to_back"):
+        fresh = result["visibility"][mode]
+        assert fresh["changes"] == 6
+        assert _positive(fresh["p50_ms"])
+        assert fresh["max_ms"] >= fresh["p99_ms"] >= fresh["p50_ms"]
+    target = result["target"]
+    assert target["cached_ops_per_s"] == 50_000
+    assert set(target["best"]) == {"discover.cached", "endpoint.cached"}
+    assert all(_positive(v) for v in target["per_cpu_second"].values())
+    assert isinstance(target["met"], bool)
+    assert "cached envelopes >= 50,000/s" in discovery_run["stdout"]
+    assert not (discovery_run["out"] / "results.json").exists()  # the comparison's own file
+    markdown = (discovery_run["out"] / "DISCOVERY.md").read_text()
+    assert "## Change visibility" in markdown
+    assert "python-consul2 `health.service`" in markdown

@@ -269,15 +269,31 @@ def test_schema_is_a_json_schema_with_a_discriminated_union() -> None:
         assert doc["$schema"].startswith("https://json-schema.org/")
         assert doc["discriminator"]["propertyName"] == "operation"
         assert set(doc["discriminator"]["mapping"]) == {
+            "consul.check_update",
             "consul.deregister",
+            "consul.discover",
+            "consul.endpoint",
+            "consul.kv_delete",
             "consul.kv_get",
             "consul.kv_put",
             "consul.register",
+            "consul.services",
+            "consul.session_create",
+            "consul.session_destroy",
+            "consul.session_renew",
+            "consul.txn",
+            "consul.watch",
         }
-        assert len(doc["oneOf"]) == 4
+        assert len(doc["oneOf"]) == 14
         assert all(ref["$ref"].startswith("#/$defs/") for ref in doc["oneOf"])
     assert {"KvPutPayload", "RegisterPayload", "HealthCheck"} <= set(docs["envelope"]["$defs"])
     assert {"KvGetResult", "KvEntry", "RegisterResult"} <= set(docs["result"]["$defs"])
+    assert {"DiscoverPayload", "ServicesPayload", "CheckUpdatePayload"} <= set(
+        docs["envelope"]["$defs"]
+    )
+    assert {"DiscoverResult", "ServiceInstance", "ServicesResult", "CheckUpdateResult"} <= set(
+        docs["result"]["$defs"]
+    )
     assert docs["error"]["required"] == ["error", "message", "context"]
     assert json.loads(envelope_only.stdout) == docs["envelope"]
 
@@ -294,6 +310,13 @@ def test_real_responses_match_the_result_schema(consul_agent: ConsulAgent) -> No
         {"operation": "consul.kv_get", "payload": {"key": prefix, "recurse": True}},
         {"operation": "consul.kv_get", "payload": {"key": prefix, "keys_only": True}},
         {"operation": "consul.deregister", "payload": {"service_id": service}},
+        {
+            "operation": "consul.txn",
+            "payload": {"operations": [{"verb": "get-tree", "key": f"{prefix}/"}]},
+        },
+        {"operation": "consul.txn", "payload": {"operations": [{"verb": "get", "key": prefix}]}},
+        {"operation": "consul.kv_delete", "payload": {"key": f"{prefix}/a"}},
+        {"operation": "consul.session_create", "payload": {"ttl": "10s"}},
     ]
     stdin = "".join(json.dumps(e) + "\n" for e in envelopes)
 

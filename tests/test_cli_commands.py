@@ -133,6 +133,25 @@ def test_kv_put_value_from_stdin_byte_for_byte_with_cas_and_flags(
     assert (entry["value"], entry["flags"]) == ("text\n", 0)
 
 
+def test_kv_delete_with_cas_deletes_only_at_that_index(consul_agent: ConsulAgent) -> None:
+    env = env_for(consul_agent)
+    key = f"{uniq()}/cas"
+    assert hc("kv", "put", key, "1", env=env).returncode == 0
+    index = doc(hc("kv", "get", "--format", "json", key, env=env))["modify_index"]
+
+    stale = hc("kv", "delete", "--cas", str(index + 1000), key, env=env)
+    kept = consul_agent.request("GET", f"/v1/kv/{key}").status
+    exact = hc("kv", "delete", "--format", "text", "--cas", str(index), key, env=env)
+
+    assert stale.returncode == 1
+    assert doc(stale) == {"key": key, "recurse": False, "deleted": False}
+    assert f"Error! Did not delete {key}: CAS failed" in err(stale)
+    assert kept == 200
+    assert exact.returncode == 0, err(exact)
+    assert out(exact) == f"Success! Deleted key: {key}\n"
+    assert consul_agent.request("GET", f"/v1/kv/{key}").status == 404
+
+
 def test_kv_get_recurse_and_keys(consul_agent: ConsulAgent) -> None:
     env = env_for(consul_agent)
     prefix = uniq()

@@ -27,7 +27,13 @@ from handler_consul._schema import ErrorLine, envelope_adapter, response_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "patterns"
-OURS = ["consul_integration.md", "error_handling.md", "security_patterns.md", "observability.md"]
+OURS = [
+    "consul_integration.md",
+    "error_handling.md",
+    "security_patterns.md",
+    "observability.md",
+    "service_discovery.md",
+]
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
 # ```json refused marks an envelope the docs show being refused: it must fail validation.
 _FENCE = re.compile(r"^```(\w*)[ ]*([\w ]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)

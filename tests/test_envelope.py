@@ -12,7 +12,7 @@ import pytest
 from support import envelope, uniq
 
 from handler_consul import Envelope, HandlerResponse
-from handler_consul._handler import _new_correlation_id
+from handler_consul._envelope import new_correlation_id
 
 
 def _values() -> dict[str, object]:
@@ -50,7 +50,7 @@ def test_trusted_response_is_frozen_and_copyable() -> None:
 
 
 def test_correlation_ids_are_rfc4122_version_4() -> None:
-    ids = [_new_correlation_id() for _ in range(2000)]
+    ids = [new_correlation_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for value in ids[:200]:
         assert value.version == 4

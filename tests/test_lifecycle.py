@@ -29,7 +29,22 @@ from handler_consul import (
 
 pytestmark = pytest.mark.usefixtures("clean_consul_env")
 
-OPERATIONS = ["consul.deregister", "consul.kv_get", "consul.kv_put", "consul.register"]
+OPERATIONS = [
+    "consul.check_update",
+    "consul.deregister",
+    "consul.discover",
+    "consul.endpoint",
+    "consul.kv_delete",
+    "consul.kv_get",
+    "consul.kv_put",
+    "consul.register",
+    "consul.services",
+    "consul.session_create",
+    "consul.session_destroy",
+    "consul.session_renew",
+    "consul.txn",
+    "consul.watch",
+]
 
 
 # -- describe ------------------------------------------------------------------------------------

@@ -298,6 +298,177 @@ BAD_PAYLOADS = [
     case("deregister", {}, "payload.service_id", "missing-id"),
     case("deregister", {"service_id": 5}, "payload.service_id", "id-int"),
     case("deregister", {"service_id": "a", "extra": True}, "payload.extra", "unknown-field"),
+    # discovery: every field of discover, services and check_update, and datacenter anywhere
+    case("discover", {}, "payload.service", "missing-service"),
+    case("discover", {"service": "a/b"}, "payload.service", "service-slash"),
+    case("discover", {"service": ".."}, "payload.service", "service-dotdot"),
+    case("discover", {"service": "a?b"}, "payload.service", "service-query"),
+    case("discover", {"service": 5}, "payload.service", "service-int"),
+    case("discover", {"service": "web", "tags": "a"}, "payload.tags", "tags-str"),
+    case("discover", {"service": "web", "tags": ["a\nb"]}, "payload.tags.0", "tag-newline"),
+    case("discover", {"service": "web", "tags": [""]}, "payload.tags.0", "tag-empty"),
+    case(
+        "discover",
+        {"service": "web", "tags": [f"t{i}" for i in range(65)]},
+        "payload.tags",
+        "tags-65",
+    ),
+    case(
+        "discover",
+        {"service": "web", "passing_only": "true"},
+        "payload.passing_only",
+        "passing-str",
+    ),
+    case("discover", {"service": "web", "passing_only": 1}, "payload.passing_only", "passing-int"),
+    case("discover", {"service": "web", "cache": "no"}, "payload.cache", "cache-str"),
+    case("discover", {"service": "web", "datacenter": "dc/1"}, "payload.datacenter", "dc-slash"),
+    case("discover", {"service": "web", "datacenter": "dc1&x=1"}, "payload.datacenter", "dc-query"),
+    case("discover", {"service": "web", "datacenter": ""}, "payload.datacenter", "dc-empty"),
+    case("discover", {"service": "web", "datacenter": "d" * 65}, "payload.datacenter", "dc-65"),
+    case("discover", {"service": "web", "datacenter": "dc 1"}, "payload.datacenter", "dc-space"),
+    case("discover", {"service": "web", "datacenter": 1}, "payload.datacenter", "dc-int"),
+    case("discover", {"service": "web", "near": "a/b"}, "payload.near", "near-slash"),
+    case("discover", {"service": "web", "near": ""}, "payload.near", "near-empty"),
+    case("discover", {"service": "web", "near": "_agentx"}, "payload.near", "near-underscore"),
+    case("discover", {"service": "web", "near": "n&tag=x"}, "payload.near", "near-query"),
+    case(
+        "discover", {"service": "web", "node_meta": {"a:b": "v"}}, "payload.node_meta", "meta-colon"
+    ),
+    case(
+        "discover",
+        {"service": "web", "node_meta": {"": "v"}},
+        "payload.node_meta",
+        "meta-key-empty",
+    ),
+    case(
+        "discover",
+        {"service": "web", "node_meta": {"k": "a\nb"}},
+        "payload.node_meta",
+        "meta-newline",
+    ),
+    case(
+        "discover",
+        {"service": "web", "node_meta": {"k": "v" * 513}},
+        "payload.node_meta",
+        "meta-513",
+    ),
+    case(
+        "discover",
+        {"service": "web", "node_meta": {f"k{i}": "v" for i in range(65)}},
+        "payload.node_meta",
+        "meta-65-pairs",
+    ),
+    case("discover", {"service": "web", "node_meta": {"k": 1}}, "payload.node_meta.k", "meta-int"),
+    case("discover", {"service": "web", "node_meta": ["k:v"]}, "payload.node_meta", "meta-list"),
+    case("discover", {"service": "web", "index": 5}, "payload.index", "unknown-field"),
+    case("services", {"datacenter": "../dc"}, "payload.datacenter", "dc-traversal"),
+    case("services", {"datacenter": None, "x": 1}, "payload.x", "unknown-field"),
+    case("kv_get", {"key": "a", "datacenter": "dc?x"}, "payload.datacenter", "dc-query"),
+    case(
+        "kv_put", {"key": "a", "value": "v", "datacenter": "dc/2"}, "payload.datacenter", "dc-slash"
+    ),
+    case("check_update", {"status": "passing"}, "payload.check_id", "missing-id"),
+    case("check_update", {"check_id": "a/b", "status": "passing"}, "payload.check_id", "id-slash"),
+    case(
+        "check_update",
+        {"check_id": "service:../x", "status": "passing"},
+        "payload.check_id",
+        "id-dotdot",
+    ),
+    case("check_update", {"check_id": "a?b", "status": "passing"}, "payload.check_id", "id-query"),
+    case(
+        "check_update", {"check_id": "c" * 257, "status": "passing"}, "payload.check_id", "id-257"
+    ),
+    case("check_update", {"check_id": "c"}, "payload.status", "missing-status"),
+    case("check_update", {"check_id": "c", "status": "ok"}, "payload.status", "status-unknown"),
+    case("check_update", {"check_id": "c", "status": "Passing"}, "payload.status", "status-case"),
+    case(
+        "check_update",
+        {"check_id": "c", "status": "passing", "output": "x" * 4097},
+        "payload.output",
+        "output-4097",
+    ),
+    case(
+        "check_update",
+        {"check_id": "c", "status": "passing", "output": "é" * 2049},
+        "payload.output",
+        "output-4098-bytes",
+    ),
+    case(
+        "check_update",
+        {"check_id": "c", "status": "passing", "output": "\ud800"},
+        "payload.output",
+        "output-surrogate",
+    ),
+    case(
+        "check_update",
+        {"check_id": "c", "status": "passing", "output": 1},
+        "payload.output",
+        "output-int",
+    ),
+    # digits that are not ASCII (found by the property tests): str.isdigit() and int() take
+    # them, Go does not
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "\u0661\u0660s"}},
+        "payload.check.ttl",
+        "ttl-arabic-indic-digits",
+    ),
+    case(
+        "register",
+        {"name": "svc", "check": {"tcp": "h:\u0661\u0662", "interval": "1s"}},
+        "payload.check.tcp",
+        "tcp-port-arabic-indic-digits",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "10.0.0.1:\u0661\u0662\u0663"},
+        "payload.fallback",
+        "fallback-port-arabic-indic-digits",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "10.0.0.1"},
+        "payload.fallback",
+        "fallback-no-port",
+    ),
+    case(
+        "endpoint", {"service": "web", "fallback": "::1:80"}, "payload.fallback", "fallback-bare-v6"
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "[h]:80"},
+        "payload.fallback",
+        "fallback-brackets",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "fallback": "h:65536"},
+        "payload.fallback",
+        "fallback-port-big",
+    ),
+    case("endpoint", {"service": "web", "fallback": "a/b:80"}, "payload.fallback", "fallback-path"),
+    case(
+        "endpoint",
+        {"service": "web", "strategy": "fastest"},
+        "payload.strategy",
+        "strategy-unknown",
+    ),
+    case(
+        "endpoint",
+        {"service": "web", "strategy": "least_connections"},
+        "payload.strategy",
+        "strategy-python-only",
+    ),
+    case("endpoint", {"service": "a/b"}, "payload.service", "service-slash"),
+    case("endpoint", {"service": "web", "datacenter": "x y"}, "payload.datacenter", "dc-space"),
+    case(
+        "register",
+        {"name": "svc", "check": {"ttl": "500ms"}, "maintain": True},
+        "payload.maintain",
+        "maintain-ttl-under-1s",
+    ),
+    case("register", {"name": "svc", "maintain": "yes"}, "payload.maintain", "maintain-str"),
 ]
 
 

@@ -20,15 +20,27 @@ from support import envelope, kv_get, kv_put, uniq
 
 import handler_consul
 from handler_consul import (
+    CheckUpdateResult,
     DeregisterResult,
+    DiscoverResult,
+    EndpointResult,
     HandlerConsul,
     HandlerResponse,
+    KvDeleteResult,
     KvEntry,
     KvGetKeysResult,
     KvGetRecurseResult,
     KvGetResult,
     KvPutResult,
     RegisterResult,
+    ServiceInstance,
+    ServicesResult,
+    SessionCreateResult,
+    SessionDestroyResult,
+    SessionRenewResult,
+    TxnAppliedResult,
+    TxnError,
+    TxnRolledBackResult,
 )
 from handler_consul._operations import OPERATIONS
 from handler_consul._schema import result_type
@@ -41,6 +53,18 @@ RESULTS = [
     KvPutResult,
     RegisterResult,
     DeregisterResult,
+    DiscoverResult,
+    ServiceInstance,
+    EndpointResult,
+    ServicesResult,
+    CheckUpdateResult,
+    KvDeleteResult,
+    TxnAppliedResult,
+    TxnError,
+    TxnRolledBackResult,
+    SessionCreateResult,
+    SessionRenewResult,
+    SessionDestroyResult,
 ]
 ACCESSORS = [
     "as_kv_get",
@@ -49,6 +73,15 @@ ACCESSORS = [
     "as_kv_put",
     "as_register",
     "as_deregister",
+    "as_discover",
+    "as_endpoint",
+    "as_services",
+    "as_check_update",
+    "as_kv_delete",
+    "as_txn",
+    "as_session_create",
+    "as_session_renew",
+    "as_session_destroy",
 ]
 
 
@@ -74,7 +107,12 @@ def test_pydantic_validates_and_describes_each_result(tp: Any) -> None:
     adapter = TypeAdapter(tp)
     schema = adapter.json_schema()
     assert schema["type"] == "object"
-    assert set(schema["required"]) == set(typing.get_type_hints(tp))
+    hints = typing.get_type_hints(tp, include_extras=True)
+    optional = {
+        k for k, v in hints.items() if typing.get_origin(v) is typing_extensions.NotRequired
+    }
+    assert set(schema["required"]) == set(hints) - optional
+    assert set(schema["properties"]) == set(hints)
     with pytest.raises(ValidationError):
         adapter.validate_python({})
 
@@ -85,6 +123,16 @@ def test_the_dispatch_table_returns_the_exported_types() -> None:
     assert result_type(OPERATIONS["consul.kv_put"]) is KvPutResult
     assert result_type(OPERATIONS["consul.register"]) is RegisterResult
     assert result_type(OPERATIONS["consul.deregister"]) is DeregisterResult
+    assert result_type(OPERATIONS["consul.discover"]) is DiscoverResult
+    assert result_type(OPERATIONS["consul.services"]) is ServicesResult
+    assert result_type(OPERATIONS["consul.endpoint"]) is EndpointResult
+    assert result_type(OPERATIONS["consul.check_update"]) is CheckUpdateResult
+    assert result_type(OPERATIONS["consul.kv_delete"]) is KvDeleteResult
+    txn_shapes = typing.get_args(result_type(OPERATIONS["consul.txn"]))
+    assert set(txn_shapes) == {TxnAppliedResult, TxnRolledBackResult}
+    assert result_type(OPERATIONS["consul.session_create"]) is SessionCreateResult
+    assert result_type(OPERATIONS["consul.session_renew"]) is SessionRenewResult
+    assert result_type(OPERATIONS["consul.session_destroy"]) is SessionDestroyResult
 
 
 # -- real results through the accessors --------------------------------------------------------
@@ -99,7 +147,15 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     missing = await handler.execute(kv_get(f"{prefix}/missing"))
     tree = await handler.execute(kv_get(prefix, recurse=True))
     keys = await handler.execute(kv_get(prefix, keys_only=True))
-    registered = await handler.execute(envelope("register", service_id=service, name=service))
+    registered = await handler.execute(
+        envelope("register", service_id=service, name=service, check={"ttl": "1m"})
+    )
+    updated = await handler.execute(
+        envelope("check_update", check_id=f"service:{service}", status="passing")
+    )
+    found = await handler.execute(envelope("discover", service=service, cache=False))
+    catalog = await handler.execute(envelope("services"))
+    picked = await handler.execute(envelope("endpoint", service=service))
     deregistered = await handler.execute(envelope("deregister", service_id=service))
 
     checks: list[tuple[Any, Any]] = [
@@ -110,6 +166,10 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
         (keys.as_kv_get_keys(), KvGetKeysResult),
         (registered.as_register(), RegisterResult),
         (deregistered.as_deregister(), DeregisterResult),
+        (updated.as_check_update(), CheckUpdateResult),
+        (found.as_discover(), DiscoverResult),
+        (catalog.as_services(), ServicesResult),
+        (picked.as_endpoint(), EndpointResult),
     ]
     for result, tp in checks:
         assert TypeAdapter(tp).validate_python(result, strict=True) == result
@@ -122,6 +182,40 @@ async def test_every_real_result_validates_and_comes_back_typed(handler: Handler
     assert put.as_kv_put()["applied"] is True
     assert registered.as_register()["service_id"] == service
     assert deregistered.as_deregister()["deregistered"] is True
+    assert updated.as_check_update()["updated"] is True
+    assert [i["id"] for i in found.as_discover()["instances"]] == [service]
+    assert service in catalog.as_services()["services"]
+    assert picked.as_endpoint()["instance_id"] == service
+
+
+async def test_every_real_coordination_result_validates_and_comes_back_typed(
+    handler: HandlerConsul,
+) -> None:
+    key = f"{uniq('typed')}/k"
+    created = await handler.execute(envelope("session_create", ttl="10s"))
+    session = created.as_session_create()["session_id"]
+    renewed = await handler.execute(envelope("session_renew", session_id=session))
+    applied = await handler.execute(
+        envelope("txn", operations=[{"verb": "set", "key": key, "value": "v"}])
+    )
+    rolled_back = await handler.execute(
+        envelope("txn", operations=[{"verb": "check-index", "key": key, "index": 1}])
+    )
+    deleted = await handler.execute(envelope("kv_delete", key=key))
+    destroyed = await handler.execute(envelope("session_destroy", session_id=session))
+
+    checks: list[tuple[Any, Any]] = [
+        (created.as_session_create(), SessionCreateResult),
+        (renewed.as_session_renew(), SessionRenewResult),
+        (applied.as_txn(), TxnAppliedResult),
+        (rolled_back.as_txn(), TxnRolledBackResult),
+        (deleted.as_kv_delete(), KvDeleteResult),
+        (destroyed.as_session_destroy(), SessionDestroyResult),
+    ]
+    for result, tp in checks:
+        assert TypeAdapter(tp).validate_python(result, strict=True) == result
+    assert applied.as_txn()["applied"] is True
+    assert rolled_back.as_txn()["applied"] is False
 
 
 RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
@@ -131,6 +225,15 @@ RESULTS_BY_ACCESSOR: dict[str, tuple[str, dict[str, Any]]] = {
     "as_kv_put": ("consul.kv_put", {"key": "k", "applied": True}),
     "as_register": ("consul.register", {"service_id": "s", "name": "s", "registered": True}),
     "as_deregister": ("consul.deregister", {"service_id": "s", "deregistered": True}),
+    "as_discover": ("consul.discover", {"service": "s", "instances": [], "index": 1}),
+    "as_endpoint": ("consul.endpoint", {"service": "s", "address": "h", "port": 1}),
+    "as_services": ("consul.services", {"services": {}, "index": 1}),
+    "as_check_update": ("consul.check_update", {"check_id": "c", "updated": True}),
+    "as_kv_delete": ("consul.kv_delete", {"key": "k", "deleted": True}),
+    "as_txn": ("consul.txn", {"applied": False, "errors": []}),
+    "as_session_create": ("consul.session_create", {"session_id": "s"}),
+    "as_session_renew": ("consul.session_renew", {"session_id": "s", "renewed": True}),
+    "as_session_destroy": ("consul.session_destroy", {"session_id": "s", "destroyed": True}),
 }
 
 
@@ -159,10 +262,10 @@ def test_the_refusal_says_which_kind_of_kv_get_it_was() -> None:
 
 
 def test_an_unknown_operation_fits_no_accessor() -> None:
-    odd = response("consul.session_create", {"id": "x"})
+    odd = response("consul.no_such_operation", {"id": "x"})
     with pytest.raises(TypeError) as caught:
         odd.as_kv_put()
-    assert str(caught.value) == "as_kv_put() on a response of consul.session_create"
+    assert str(caught.value) == "as_kv_put() on a response of consul.no_such_operation"
 
 
 def test_a_validated_response_from_json_has_the_accessors_too() -> None:

@@ -1,19 +1,18 @@
 """The circuit breaker: resilience4j's semantics, with Polly's rule for late outcomes.
 
-Counting rule: *consecutive* failures. Every admitted attempt reports exactly one outcome;
-a success resets the count, a failure adds one, and the breaker opens when the count is
-``>= failure_threshold``. Fewer failures in a row than that never open it, however many
-calls there were. Chosen over a failure rate because a handler may see a handful of calls a
-minute, where a rate window would need a minimum-calls guard to mean anything.
+Counting rule: *consecutive* failures. Every admitted attempt reports exactly one outcome; a
+success resets the count, a failure adds one, and the breaker opens when the count is
+``>= failure_threshold``; fewer failures in a row never open it, however many calls there
+were. Chosen over a failure rate because a handler may see a handful of calls a minute, where
+a rate window would need a minimum-calls guard to mean anything.
 
 Every transition starts a new *generation*. A permit remembers the generation that admitted
 it, and its outcome is dropped when the generation has moved on: a burst of failures opens the
 breaker once, a late success cannot close an OPEN breaker, and a late failure cannot reopen a
 fresh HALF_OPEN one.
 
-State changes happen on the event-loop thread only, so there are no locks and no awaits here.
-Rejection returns ``None`` instead of raising: the caller raises a fresh error, so nothing is
-re-raised and no traceback grows.
+Only the event-loop thread changes state: no locks, no awaits. A rejection returns ``None``
+rather than raising: the caller raises a fresh error, so no traceback grows.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from handler_consul._clock import Clock, monotonic
 from handler_consul._settings import BreakerSettings
 
 __all__ = [
+    "MAX_BREAKERS",
     "BreakerState",
     "CircuitBreaker",
     "MixinAsyncCircuitBreaker",
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+# Breakers kept at once (one per datacenter named): a bound on what envelopes create.
+MAX_BREAKERS = 64
 
 
 class BreakerState(enum.StrEnum):
@@ -45,10 +47,8 @@ class BreakerState(enum.StrEnum):
 
 
 TransitionListener = Callable[[str, BreakerState, BreakerState], None]
-"""Called as ``listener(breaker_name, old_state, new_state)`` once per transition.
-
-It runs inside the transition, on the loop: log or count there, never acquire a permit.
-"""
+"""Called as ``listener(breaker_name, old_state, new_state)`` once per transition, inside
+it, on the loop: log or count there, never acquire a permit."""
 
 
 _DEFAULTS = BreakerSettings()
@@ -105,6 +105,10 @@ class _State:
     __slots__ = ()
     name: ClassVar[BreakerState]
 
+    def forgettable(self) -> bool:
+        """Whether a breaker in this state may be dropped: it remembers nothing."""
+        return False
+
     def acquire(self, breaker: CircuitBreaker) -> Permit | None:
         raise NotImplementedError
 
@@ -124,6 +128,9 @@ class _State:
 class _Closed(_State):
     __slots__ = ("consecutive_failures",)
     name = BreakerState.CLOSED
+
+    def forgettable(self) -> bool:
+        return self.consecutive_failures == 0
 
     def __init__(self) -> None:
         self.consecutive_failures = 0
@@ -346,8 +353,8 @@ class CircuitBreaker:
 class MixinAsyncCircuitBreaker:
     """One breaker per datacenter, named ``consul.<dc or default>``, for the handler class.
 
-    Breakers are created on first use. The host calls ``_init_circuit_breakers`` once from
-    its ``__init__``; every attribute this mixin owns starts with ``_cb_``.
+    Created on first use; the host calls ``_init_circuit_breakers`` from ``__init__``; every
+    attribute this mixin owns starts with ``_cb_``.
     """
 
     _cb_config: BreakerSettings
@@ -371,10 +378,19 @@ class MixinAsyncCircuitBreaker:
         self._cb_breakers = {}
 
     def circuit_breaker(self, datacenter: str | None = None) -> CircuitBreaker:
-        """The breaker for ``datacenter``; None (or "") is the agent's own datacenter."""
+        """The breaker for ``datacenter``; None (or "") is the agent's own datacenter.
+
+        At most ``MAX_BREAKERS``: past that the oldest that remembers nothing (closed, no
+        failure) makes room; one that remembers is never dropped, and when all do, new names
+        share ``consul.*`` (no datacenter has that name).
+        """
         name = f"consul.{datacenter or 'default'}"
         breaker = self._cb_breakers.get(name)
         if breaker is None:
+            if len(self._cb_breakers) >= MAX_BREAKERS and not self._cb_make_room():
+                name = "consul.*"
+                if name in self._cb_breakers:
+                    return self._cb_breakers[name]
             breaker = CircuitBreaker(
                 name,
                 self._cb_config,
@@ -384,6 +400,13 @@ class MixinAsyncCircuitBreaker:
             )
             self._cb_breakers[name] = breaker
         return breaker
+
+    def _cb_make_room(self) -> bool:
+        idle = (n for n, b in self._cb_breakers.items() if b._state.forgettable())
+        name = next(idle, None)
+        if name is not None:
+            del self._cb_breakers[name]
+        return name is not None
 
     def force_open_circuit(self, datacenter: str | None = None) -> None:
         self.circuit_breaker(datacenter).force_open()

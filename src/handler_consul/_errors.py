@@ -9,6 +9,8 @@
     ├── InfraUnavailableError       the handler refused work: breaker open, pool full,
     │                               not initialized, shut down (may carry retry_after_seconds)
     └── InfraConsulError            Consul rejected the request (400, 413, ...)
+        └── InfraConflictError      others kept winning: a CAS update ran out of attempts
+            └── InfraLockTimeoutError   a lock stayed held by someone else past ``wait``
 
 Each class carries ``retryable`` and ``counts_as_failure`` as class attributes so the retry
 loop and the breaker read them instead of re-deriving a classification (aiokafka's idea).
@@ -33,9 +35,11 @@ __all__ = [
     "ErrorContext",
     "InfraAuthenticationError",
     "InfraConfigurationError",
+    "InfraConflictError",
     "InfraConnectionError",
     "InfraConsulError",
     "InfraError",
+    "InfraLockTimeoutError",
     "InfraTimeoutError",
     "InfraUnavailableError",
     "InfraValidationError",
@@ -52,6 +56,7 @@ ErrorCategory = Literal[
     "authentication",
     "unavailable",
     "consul",
+    "conflict",
 ]
 
 
@@ -199,6 +204,19 @@ class InfraConsulError(InfraError):
     """Consul answered and rejected the request (400, 413, other 4xx)."""
 
     category: ClassVar[ErrorCategory] = "consul"
+
+
+class InfraConflictError(InfraConsulError):
+    """Consul answered every request, but other writers kept winning: a CAS update
+    (``kv_update``) ran out of attempts. Nothing of this caller's was applied. Retrying later
+    may succeed; the handler has already retried."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class InfraLockTimeoutError(InfraConflictError):
+    """``lock()`` waited ``wait`` seconds and the key stayed held by another session. The
+    session created for the attempt was destroyed; nothing is held."""
 
 
 class ContextFields:

@@ -10,15 +10,17 @@ docs/patterns/architecture.md draws the whole map.
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from uuid import UUID
 
 from handler_consul._breaker import BreakerState, MixinAsyncCircuitBreaker
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY
 from handler_consul._clock import Clock, Sleep, monotonic
-from handler_consul._envelope import Envelope, HandlerResponse
+from handler_consul._coordination import Calls, Updater, kv_update, lock_request, watch
+from handler_consul._effects import EnvelopeEffects
+from handler_consul._envelope import Envelope, HandlerResponse, new_correlation_id
 from handler_consul._errors import (
     ContextFields,
     InfraError,
@@ -26,13 +28,15 @@ from handler_consul._errors import (
     make_context,
 )
 from handler_consul._lifecycle import Lifecycle
+from handler_consul._locks import LockContext
 from handler_consul._log import handler_log, log_envelope_failure, log_envelope_success
 from handler_consul._operations import OPERATIONS
 from handler_consul._parsing import parse_envelope
+from handler_consul._results import EndpointResult, WatchResult
 from handler_consul._retry import AttemptObserver
 from handler_consul._runtime import Runtime
+from handler_consul._services import Services, hold
 from handler_consul._settings import BreakerSettings, ConsulSettings
-from handler_consul._validation import DEFAULT_CHECK_POLICY
 from handler_consul._version import __version__
 
 if TYPE_CHECKING:
@@ -69,6 +73,9 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         self._lifecycle = Lifecycle(self, settings, clock=clock, rng=rng, sleep=sleep)
         self._init_circuit_breakers(BreakerSettings(), clock=clock, on_transition=_on_transition)
         self._telemetry: Telemetry | None = None
+        # Round-robin positions, held leases and maintained registrations outlive a runtime.
+        self._services = Services(clock, rng)
+        self._calls = Calls(self._call, lambda: self._lifecycle.runtime, clock, rng)
         if tracer_provider is not None or meter_provider is not None:
             self.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
@@ -88,6 +95,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         connections and never replies. A second call replaces the old resources cleanly.
         """
         await self._lifecycle.initialize(config)
+        self._services.attach(self._lifecycle.runtime)
 
     async def shutdown(self) -> None:
         """Refuse new envelopes, let in-flight ones finish within the grace period, then fail
@@ -170,6 +178,7 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         envelope: Envelope | Mapping[str, Any],
         started: float,
         observer: AttemptObserver | None,
+        closing_ok: bool = False,
     ) -> HandlerResponse:
         lifecycle = self._lifecycle
         runtime = lifecycle.runtime
@@ -182,9 +191,18 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             datacenter = settings.datacenter if settings else None
             policy = settings.check_policy if settings else DEFAULT_CHECK_POLICY
         operation, payload, env = parse_envelope(envelope, target, datacenter, policy)
-        correlation_id = env.correlation_id or _new_correlation_id()
+        # An operation aimed at another datacenter (its payload's ``datacenter``, sent as
+        # ``dc``) has that datacenter's breaker: dc2's outage never fast-fails dc1.
+        # Read from the model's __dict__: getattr() on a pydantic model without the field
+        # goes through its __getattr__ and an AttributeError, ~4 µs on every envelope.
+        chosen = payload.__dict__.get("datacenter")
+        if chosen and chosen != datacenter:
+            datacenter, target = chosen, f"consul.{chosen}"
+        correlation_id = env.correlation_id or new_correlation_id()
         fields = ContextFields(operation.name, correlation_id, target, datacenter)
         refusal = lifecycle.refusal()
+        if closing_ok and lifecycle.state == "shutting_down":
+            refusal = None  # shutdown's own cleanup (releasing locks) while the pools work
         if runtime is None or refusal is not None:
             raise InfraUnavailableError(
                 refusal or _NOT_INITIALIZED,
@@ -193,9 +211,18 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         timeout = env.timeout_seconds or runtime.settings.timeout_seconds
         breaker = self.circuit_breaker(datacenter)
         with lifecycle.admitted():
-            result, attempts = await runtime.attempts.run(
-                breaker, operation, payload, fields, started + timeout, observer
-            )
+            if operation.serve is None:
+                result, attempts = await runtime.attempts.run(
+                    breaker, operation, payload, fields, started + timeout, observer
+                )
+            else:
+                effects = EnvelopeEffects(
+                    runtime, breaker, fields, started + timeout, observer, self._clock
+                )
+                served = await operation.serve(effects, payload)
+                # serve functions build a fresh dict per call, as operations do: no copy then.
+                result = served if type(served) is dict else dict(served)
+                attempts = effects.attempts
         duration = self._clock() - started
         log_envelope_success(operation.name, correlation_id, attempts, duration)
         return HandlerResponse.trusted(
@@ -206,6 +233,93 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             attempts,
             round(duration * 1000.0, 3),
         )
+
+    def _effects(
+        self, name: str, *, datacenter: str | None = None, timeout: float | None = None
+    ) -> EnvelopeEffects:
+        """Effects for a Python-level call (a lock, a watch, ``kv_update``, a lease): the
+        same breaker, retries, pools and translation an envelope of ``name`` gets, with
+        ``timeout`` (default ``timeout_seconds``) as its deadline. Raises
+        InfraUnavailableError when the handler is not running."""
+        lifecycle = self._lifecycle
+        runtime = lifecycle.runtime
+        settings = runtime.settings if runtime is not None else self._base_settings
+        datacenter = datacenter or (settings.datacenter if settings else None)
+        target = f"consul.{datacenter or 'default'}"
+        fields = ContextFields(name, new_correlation_id(), target, datacenter)
+        refusal = lifecycle.refusal()
+        if runtime is None or refusal is not None:
+            raise InfraUnavailableError(
+                refusal or _NOT_INITIALIZED,
+                context=make_context(fields, InfraUnavailableError, attempts=0),
+            )
+        deadline = self._clock() + (timeout or runtime.settings.timeout_seconds)
+        return EnvelopeEffects(
+            runtime,
+            self.circuit_breaker(datacenter),
+            fields,
+            deadline,
+            self._telemetry,
+            self._clock,
+        )
+
+    # -- KV coordination -------------------------------------------------------------------
+
+    def lock(
+        self,
+        key: str,
+        *,
+        ttl: str = "15s",
+        wait: float = 30.0,
+        lock_delay: str = "15s",
+        value: str | bytes = "",
+    ) -> LockContext:
+        """``async with handler.lock(key) as lease``: a session holding ``key``, waited for up
+        to ``wait`` s on a blocking query (then InfraLockTimeoutError). ``lease.fencing_token``
+        strictly increases across holders; ``lease.lost`` is set when the lock can no longer
+        be trusted. Released on exit, cancellation and shutdown() (kv_coordination.md)."""
+        request = lock_request(key=key, ttl=ttl, wait=wait, lock_delay=lock_delay, value=value)
+        return LockContext(self._calls, request)
+
+    async def kv_update(self, key: str, fn: Updater, *, max_attempts: int = 10) -> str | bytes:
+        """Read-modify-write with CAS: store ``fn(current)``, where ``current`` is the value
+        (text, or bytes when not UTF-8) or None; retried on a CAS miss, InfraConflictError
+        after ``max_attempts``. Returns the stored value."""
+        return await kv_update(self._calls, key, fn, max_attempts=max_attempts)
+
+    def watch(
+        self,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        service: str | None = None,
+        wait: float = 60.0,
+    ) -> AsyncIterator[WatchResult]:
+        """``async for change in handler.watch(key=...)``: the state now, then each change of
+        the key, prefix or service (one of them), by blocking queries in the long-poll pool.
+        Rides out transient failures; ends at shutdown()."""
+        return watch(self._calls, {"key": key, "prefix": prefix, "service": service}, wait=wait)
+
+    async def _call(
+        self,
+        operation: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        closing: bool = False,
+    ) -> dict[str, Any]:
+        """One operation for the Python APIs above, exactly as execute() runs it; with
+        ``closing``, also while shutdown releases what is held."""
+        envelope: dict[str, Any] = {"operation": operation, "payload": payload}
+        if timeout is not None:
+            envelope["timeout_seconds"] = timeout
+        started = self._clock()
+        try:
+            response = await self._execute(envelope, started, None, closing)
+        except InfraError as error:
+            log_envelope_failure(error, self._clock() - started)
+            raise
+        return response.result
 
     # -- introspection -------------------------------------------------------------------
 
@@ -226,10 +340,29 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             "max_concurrent_operations": settings.max_concurrent_operations if settings else None,
             "io": settings.io if settings else None,
             "pool": runtime.pool.snapshot() if runtime else None,
+            "long_polls": runtime.long_polls.snapshot() if runtime else None,
+            "cache": runtime.cache.snapshot() if runtime else None,
             "retry_budget": runtime.attempts.budget.snapshot() if runtime else None,
             "in_flight": lifecycle.in_flight,
+            "maintained": self._services.maintenance.snapshot(),
             "settings": settings.public_dict() if settings else None,
         }
+
+    def lease(
+        self,
+        service: str,
+        *,
+        strategy: str = "round_robin",
+        fallback: str | None = None,
+        timeout_seconds: float | None = None,
+        **filters: Any,
+    ) -> AbstractAsyncContextManager[EndpointResult]:
+        """``async with handler.lease(service) as endpoint``: one healthy instance, counted
+        as held until the block ends (what ``least_connections`` reads). ``filters`` are
+        ``consul.discover``'s; see :func:`handler_consul._services.hold`."""
+        options = {"strategy": strategy, "fallback": fallback, "timeout_seconds": timeout_seconds}
+        return hold(self.execute, self._services.balancer, self._lifecycle, self._base_settings,
+                    service, options, filters)  # fmt: skip
 
     async def health_check(self) -> dict[str, Any]:
         """Ask Consul for its leader (no ACL needed); report latency and breaker state.
@@ -281,21 +414,3 @@ def _on_transition(name: str, old: BreakerState, new: BreakerState) -> None:
         new.value,
         extra={"target": name, "breaker_from": old.value, "breaker_to": new.value},
     )
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
-
-
-def _new_correlation_id() -> UUID:
-    """A random version-4 UUID without a syscall and without ``UUID.__init__``.
-
-    ``uuid.uuid4()`` reads os.urandom, which releases the GIL; getting it back behind busy
-    worker threads cost ~100 µs per envelope in profiles. Correlation IDs need uniqueness,
-    not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
-    bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
-    """
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
-    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
-    return value

@@ -9,17 +9,19 @@ a misplaced token must not end up in an error message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._envelope import Envelope
 from handler_consul._errors import ContextFields, InfraValidationError, make_context
 from handler_consul._operations import OPERATIONS, Operation
-from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
-__all__ = ["parse_envelope"]
+__all__ = ["parse_envelope", "parse_options"]
+
+M = TypeVar("M", bound=BaseModel)
 
 # Type tags pydantic puts in an error location for union members; not part of a field name.
 _LOC_TAGS = frozenset({"str", "bytes", "int", "float", "bool", "dict", "list", "none"})
@@ -60,6 +62,23 @@ def parse_envelope(
     if problem is not None:
         raise problem
     return operation, payload, env
+
+
+def parse_options(
+    model: type[M],
+    data: Mapping[str, Any],
+    operation: str,
+    target: str,
+    datacenter: str | None,
+) -> M:
+    """Keyword options of a Python-only method (``lease()``), validated like a payload: a
+    refusal is an InfraValidationError naming the keyword."""
+    problem: InfraValidationError | None = None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problem = _validation_error(exc, "", operation, None, target, datacenter)
+    raise problem
 
 
 def _field_name(loc: tuple[int | str, ...], prefix: str) -> str:

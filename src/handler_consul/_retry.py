@@ -32,6 +32,7 @@ from handler_consul._operations import Operation, call_operation
 from handler_consul._pool import PoolClosed
 from handler_consul._settings import RetrySettings
 from handler_consul._translate import translate
+from handler_consul._transport import InFlight
 
 __all__ = [
     "AttemptObserver",
@@ -196,11 +197,16 @@ class Attempts:
         rng: Callable[[], float],
         sleep: Sleep | None,
         call: Callable[..., Any] = call_operation,
+        long_polls: bool = False,
     ) -> None:
         self.pool = pool
         # What the pool runs per attempt: call_operation in a worker thread (io="threads"),
         # or call_operation_async on the loop (io="asyncio"); same arguments.
         self.call = call
+        # For blocking queries: one that waits out its ``wait`` is a success by design, never
+        # a slow call for the breaker; and a caller that gives up ends its query at once
+        # (InFlight), or the query would hold its thread for the rest of its wait.
+        self._long_polls = long_polls
         self.client = client
         self.policy = policy
         self.budget = budget
@@ -261,16 +267,20 @@ class Attempts:
                 # The worker's requests end by the same instant the caller stops waiting; on
                 # the real monotonic clock, whatever clock the loop is driven by.
                 request_deadline = time.monotonic() + remaining
+                in_flight = InFlight() if self._long_polls else None
                 result = await self.pool.run(
                     self.call,
                     self.client,
                     operation,
                     payload,
                     request_deadline,
+                    in_flight,
                     timeout=remaining,
                 )
-            except _UNCOUNTED:
+            except _UNCOUNTED as exc:
                 permit.ignore()
+                if in_flight is not None and isinstance(exc, asyncio.CancelledError):
+                    in_flight.abort()
                 raise
             except BaseException as exc:  # every other failure is translated, here
                 error = translate(exc, fields, attempts=attempt, token=self._token)
@@ -281,7 +291,7 @@ class Attempts:
                 else:
                     permit.ignore()
             else:
-                permit.success(clock() - call_started)
+                permit.success(0.0 if self._long_polls else clock() - call_started)
                 # Operations build a fresh dict per call (their TypedDicts): no copy needed.
                 return result, attempt
             delay = self._retry_delay(

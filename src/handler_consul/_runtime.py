@@ -11,6 +11,7 @@ file is read again, so a rotated token is picked up by the next initialize().
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import stat
@@ -21,12 +22,16 @@ from types import EllipsisType
 from typing import Any, Literal
 
 from handler_consul._bulkhead import AsyncBulkhead, CallSlots
+from handler_consul._cache import QueryCache
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._client import ConsulClient
 from handler_consul._clock import Clock, Sleep
 from handler_consul._errors import (
     ContextFields,
     InfraError,
 )
+from handler_consul._log import handler_log
+from handler_consul._longpoll import MAX_WAIT_SECONDS, LongPolls
 from handler_consul._operations import (
     call_leader,
     call_leader_async,
@@ -40,7 +45,6 @@ from handler_consul._settings_env import configuration_error
 from handler_consul._translate import translate
 from handler_consul._transport import ConsulTransport, TransportConfig
 from handler_consul._transport.aio import AsyncConsulTransport
-from handler_consul._validation import DEFAULT_CHECK_POLICY, CheckPolicy
 
 __all__ = ["Runtime", "build_client", "build_runtime", "read_token"]
 
@@ -60,11 +64,44 @@ class Runtime:
     attempts: Attempts
     # Kept out of repr: traceback renderers (Sentry, --showlocals) repr every frame local.
     token: str | None = field(repr=False)
+    long_polls: LongPolls
+    long_attempts: Attempts  # the same retry rules and budget, over the long-poll pool
+    cache: QueryCache
     target: str = ""  # the breaker name, computed once rather than per envelope
     check_policy: CheckPolicy = DEFAULT_CHECK_POLICY  # likewise, from the settings
     disposed: bool = False
     # What the pool runs for the leader probe: call_leader in a worker, or its coroutine twin.
     leader: Callable[[ConsulClient, float], str | Awaitable[str]] = call_leader
+    # Scratch space for loop-side operations that lives as long as this runtime.
+    state: dict[str, Any] = field(default_factory=dict)
+    # Run at the start of shutdown(), newest first, while the pools still take work.
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the handler shuts down, before its pools close (releasing
+        locks, deregistering maintained services). Bounded by the shutdown grace period."""
+        self._closers.append(closer)
+
+    async def run_closers(self) -> None:
+        """Every closer, newest first, all within ``shutdown_grace_seconds``; a failing one
+        is logged and the rest still run."""
+        closers, self._closers = self._closers[::-1], []
+        if not closers:
+            return
+
+        async def run_all() -> None:
+            for closer in closers:
+                try:
+                    await closer()
+                except Exception as exc:
+                    handler_log.warning(
+                        "shutdown: a cleanup step failed: %s",
+                        type(exc).__name__,
+                        extra={"target": self.target},
+                    )
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run_all(), self.settings.shutdown_grace_seconds)
 
     async def probe_leader(self, fields: ContextFields) -> tuple[str, InfraError | None]:
         """GET /v1/status/leader in the pool: the leader's address, or the translated error."""
@@ -84,6 +121,9 @@ class Runtime:
             return
         self.disposed = True
         self.attempts.closing = True
+        self.long_attempts.closing = True
+        self.cache.close()
+        self.long_polls.close()
         self.pool.close()
         self.transport.close()
 
@@ -123,6 +163,30 @@ def build_runtime(
     attempts = Attempts(
         pool, client, retry, budget, token=token, clock=clock, rng=rng, sleep=sleep, call=call
     )
+    long_poll = settings.long_poll
+    # Long polls keep their own thread pool and blocking transport in either io mode: a
+    # blocking query holds its connection for up to its wait, under its own bound
+    # (max_watches), never a slot of the operations' bulkhead (docs/patterns/io_modes.md).
+    long_client = build_client(
+        settings,
+        token=token,
+        io="threads",
+        pool_size=long_poll.max_watches,
+        # The transport's own cap: the longest wait Consul allows, its jitter, one timeout.
+        timeout=MAX_WAIT_SECONDS * 17 / 16 + settings.timeout_seconds,
+    )
+    long_polls = LongPolls(long_client, long_poll, request_timeout=settings.timeout_seconds)
+    long_attempts = Attempts(
+        long_polls.pool,
+        long_client,
+        retry,
+        budget,
+        token=token,
+        clock=clock,
+        rng=rng,
+        sleep=sleep,
+        long_polls=True,
+    )
     return Runtime(
         settings,
         client.http,
@@ -130,6 +194,9 @@ def build_runtime(
         pool,
         attempts,
         token,
+        long_polls,
+        long_attempts,
+        QueryCache(long_polls, settings.cache),
         settings.breaker_name,
         settings.check_policy,
         leader=leader,
@@ -141,6 +208,8 @@ def build_client(
     *,
     token: str | EllipsisType | None = ...,
     io: Literal["threads", "asyncio"] = "threads",
+    pool_size: int | None = None,
+    timeout: float | None = None,
 ) -> ConsulClient:
     """python-consul2's API over a transport that goes only to the configured address.
 
@@ -156,7 +225,7 @@ def build_client(
         host=settings.host,
         port=settings.port,
         scheme=settings.scheme,
-        timeout=settings.timeout_seconds,
+        timeout=settings.timeout_seconds if timeout is None else timeout,
         max_response_bytes=settings.max_response_bytes,
         verify=settings.verify_tls,
         cacert=settings.cacert,
@@ -167,7 +236,10 @@ def build_client(
     )
     transport_class = AsyncConsulTransport if io == "asyncio" else ConsulTransport
     transport = transport_class(
-        config, pool_size=settings.max_concurrent_operations, token=token, ssl_context=context
+        config,
+        pool_size=settings.max_concurrent_operations if pool_size is None else pool_size,
+        token=token,
+        ssl_context=context,
     )
     return ConsulClient(transport, datacenter=settings.datacenter)
 

@@ -38,6 +38,8 @@ ErrorName = Literal[
     "InfraAuthenticationError",
     "InfraUnavailableError",
     "InfraConsulError",
+    "InfraConflictError",
+    "InfraLockTimeoutError",
 ]
 
 

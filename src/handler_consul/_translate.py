@@ -69,8 +69,9 @@ _BY_TYPE: tuple[tuple[type[BaseException], _Entry], ...] = (
     ),
     (PoolSaturated, (InfraUnavailableError, "{op}: all Consul workers busy ({exc})", _no, _no)),
     (PoolClosed, (InfraUnavailableError, "{op}: HandlerConsul {exc}", _sent, _sent)),
-    # python-consul2 raises NotFound itself only for endpoints that refuse a 404 answer.
-    (consul_base.NotFound, (InfraConsulError, "{op}: Consul answered 404", _yes, _no)),
+    # python-consul2 raises NotFound for endpoints that refuse a 404 answer, and the client
+    # for a check the agent does not know: the message says what was not found.
+    (consul_base.NotFound, (InfraConsulError, "{op}: {exc} (Consul answered 404)", _yes, _no)),
 )
 
 

@@ -10,34 +10,48 @@ endpoint the operation did not mean; refused input never reaches Consul.
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
-from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes
 
 from pydantic import AfterValidator
 
 __all__ = [
-    "DEFAULT_CHECK_POLICY",
+    "DATACENTER",
+    "LOCK_DELAY_MAX_SECONDS",
+    "MAX_CHECK_OUTPUT_BYTES",
     "MAX_KEY_LENGTH",
     "MAX_META_KEY_LENGTH",
     "MAX_META_PAIRS",
     "MAX_META_VALUE_LENGTH",
     "MAX_VALUE_BYTES",
+    "SESSION_TTL_MAX_SECONDS",
+    "SESSION_TTL_MIN_SECONDS",
     "UINT64_MAX",
-    "CheckPolicy",
+    "AgentCheckId",
+    "CheckId",
+    "CheckOutput",
+    "Datacenter",
     "Duration",
+    "HostPort",
     "KvKey",
     "KvPrefix",
+    "LockDelay",
+    "NearNode",
+    "NodeMeta",
+    "NodeName",
     "ServiceAddress",
     "ServiceId",
     "ServiceName",
     "SessionId",
+    "SessionTtl",
     "Tag",
     "Text",
     "check_meta",
+    "check_node_meta",
     "check_text",
+    "duration_seconds",
+    "split_host_port",
 ]
 
 # Consul's default kv_max_value_size (limits.kv_max_value_size) is 512 KiB.
@@ -48,15 +62,35 @@ MAX_KEY_LENGTH = 1024
 MAX_META_PAIRS = 64
 MAX_META_KEY_LENGTH = 128
 MAX_META_VALUE_LENGTH = 512
+# Consul keeps at most this much of a check's output (check_output_max_size's default).
+MAX_CHECK_OUTPUT_BYTES = 4096
+
+# A datacenter travels as ``?dc=`` and names a breaker: the same rule as the setting.
+DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# A check ID in an agent URL path (/v1/agent/check/update/<id>): the service's ID behind
+# "service:" (plus ":<n>" for its n-th check), or a name; no '/', no spaces.
+_AGENT_CHECK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@-]{0,255}$")
 _SESSION_ID = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 # Go's time.ParseDuration syntax, which is what Consul parses check intervals with.
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+# ASCII digits only: ``\d`` alone also matches other scripts' digits, which Go refuses.
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$", re.ASCII)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", re.ASCII)
+_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Consul's bounds for a session: session_ttl_min (default 10s) to 24h, and a lock-delay it
+# caps at 60s (a larger one would be cut silently, so it is refused instead).
+SESSION_TTL_MIN_SECONDS = 10.0
+SESSION_TTL_MAX_SECONDS = 86400.0
+LOCK_DELAY_MAX_SECONDS = 60.0
+# Node names and check IDs travel in a JSON body, not a path; still, only what Consul itself
+# produces is accepted, so a typo is caught here rather than as a session bound to nothing.
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/ -]{0,127}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
@@ -170,6 +204,27 @@ def _address(value: str) -> str:
     return value
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[v6]:port"`` for IPv6) as its host and port."""
+    host, sep, port = value.rpartition(":")
+    # isascii(): Arabic-Indic digits pass str.isdigit() and int() reads them.
+    digits = port.isascii() and port.isdigit()
+    if not sep or not digits or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise ValueError("must be 'host:port' with a port of 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("must put only an IPv6 address in brackets")
+    elif ":" in host:
+        raise ValueError("must put an IPv6 address in brackets ('[::1]:8080')")
+    return _address(host), int(port)
+
+
+def _host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
 def _session(value: str) -> str:
     if not _SESSION_ID.fullmatch(value):
         raise ValueError("must be a session UUID")
@@ -179,6 +234,88 @@ def _session(value: str) -> str:
 def _duration(value: str) -> str:
     if not _DURATION.fullmatch(value):
         raise ValueError("must be a Go duration such as '10s', '500ms' or '1m30s'")
+    return value
+
+
+def _datacenter(value: str) -> str:
+    if not DATACENTER.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def _agent_check_id(value: str) -> str:
+    if not _AGENT_CHECK_ID.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be 1-256 characters of letters, digits, '.', '_', ':', '@' or '-', "
+            "starting with a letter, digit or '_', without '..'"
+        )
+    return value
+
+
+def duration_seconds(value: str) -> float:
+    """A Go duration (already checked by :data:`Duration`) in seconds."""
+    return sum(
+        float(number) * _DURATION_UNIT[unit] for number, unit in _DURATION_PART.findall(value)
+    )
+
+
+def _session_ttl(value: str) -> str:
+    seconds = duration_seconds(_duration(value))
+    if not SESSION_TTL_MIN_SECONDS <= seconds <= SESSION_TTL_MAX_SECONDS:
+        raise ValueError("must be between 10s and 24h (86400s), Consul's bounds for a session")
+    return value
+
+
+def _lock_delay(value: str) -> str:
+    if duration_seconds(_duration(value)) > LOCK_DELAY_MAX_SECONDS:
+        raise ValueError("must be at most 60s (Consul caps a session's lock-delay there)")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _near(value: str) -> str:
+    if value != "_agent" and (not _NODE_NAME.fullmatch(value) or ".." in value):
+        raise ValueError("must be a node name (1-128 letters, digits, '.', '_' or '-') or '_agent'")
+    return value
+
+
+def _check_output(value: str) -> str:
+    check_text(value)
+    if len(value) * 4 > MAX_CHECK_OUTPUT_BYTES and (
+        len(value.encode("utf-8")) > MAX_CHECK_OUTPUT_BYTES
+    ):
+        raise ValueError(f"must be at most {MAX_CHECK_OUTPUT_BYTES} bytes in UTF-8")
+    return value
+
+
+def check_node_meta(meta: dict[str, str]) -> dict[str, str]:
+    """Node metadata filters, sent as ``node-meta=key:value``: Consul's key rules, and a
+    value it could hold (printable, within its length)."""
+    if len(meta) > MAX_META_PAIRS:
+        raise ValueError(f"must have at most {MAX_META_PAIRS} pairs")
+    for key, value in meta.items():
+        if not _META_KEY.fullmatch(key):
+            raise ValueError(f"key {key!r} must be 1-128 letters, digits, '_' or '-'")
+        if len(value) > MAX_META_VALUE_LENGTH or not _printable(value):
+            raise ValueError(
+                f"value of {key!r} must be at most {MAX_META_VALUE_LENGTH} printable characters"
+            )
+    return meta
+
+
+def _check_id(value: str) -> str:
+    if not _CHECK_ID.fullmatch(value) or value.endswith(" "):
+        raise ValueError(
+            "must be 1-128 letters, digits, '.', '_', ':', '@', '/', '-' or spaces, "
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -218,78 +355,15 @@ ServiceName = Annotated[str, AfterValidator(_service_name)]
 ServiceAddress = Annotated[str, AfterValidator(_address)]
 SessionId = Annotated[str, AfterValidator(_session)]
 Duration = Annotated[str, AfterValidator(_duration)]
+SessionTtl = Annotated[str, AfterValidator(_session_ttl)]
+LockDelay = Annotated[str, AfterValidator(_lock_delay)]
+NodeName = Annotated[str, AfterValidator(_node_name)]
+CheckId = Annotated[str, AfterValidator(_check_id)]
 Tag = Annotated[str, AfterValidator(_tag)]
 Text = Annotated[str, AfterValidator(check_text)]
-
-
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` reaches this machine: loopback names and addresses, their IPv4-mapped
-    IPv6 forms (``::ffff:127.0.0.1``), and the unspecified addresses (a connection to
-    ``0.0.0.0`` or ``::`` lands on the local host)."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return ip.is_loopback or ip.is_unspecified
-
-
-@dataclass(frozen=True, slots=True)
-class CheckPolicy:
-    """What a registered health check may point the agent at.
-
-    The agent runs a check's HTTP request itself, with its own network position: a check
-    aimed at ``/v1/agent/service/deregister/<id>`` with ``PUT`` deregisters a live service, one
-    aimed at ``/v1/kv/...`` writes a key. By default a check may not target the Consul API
-    (any ``/v1`` path, or the configured Consul address) and may only GET or HEAD.
-    """
-
-    consul_host: str = "localhost"
-    consul_port: int = 8500
-    allowed_methods: frozenset[str] = frozenset({"GET", "HEAD"})
-    allow_consul_api: bool = False
-
-    def check_url(self, url: str) -> str:
-        if self.allow_consul_api:
-            return url
-        parts = urlsplit(url)
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        host = (parts.hostname or "").lower().rstrip(".")
-        consul = self.consul_host.lower().rstrip(".")
-        same_host = host == consul or (_is_loopback(host) and _is_loopback(consul))
-        if same_host and port == self.consul_port:
-            raise ValueError(
-                "must not target the Consul agent's own address (set checks.allow_consul_api "
-                "to allow it)"
-            )
-        # Decode as the agent's server will, then normalise as a router would: '//v1',
-        # '/./v1', '/%76%31/' and '/x/../v1' all reach the API.
-        path = unquote(unquote(parts.path))
-        path = posixpath.normpath(re.sub("/+", "/", "/" + path))
-        if path == "/v1" or path.startswith("/v1/"):
-            raise ValueError(
-                "must not target a Consul API path (/v1/...); set checks.allow_consul_api "
-                "to allow it"
-            )
-        return url
-
-    def check_method(self, method: str) -> str:
-        if method not in self.allowed_methods:
-            allowed = ", ".join(sorted(self.allowed_methods))
-            raise ValueError(
-                f"must be one of {allowed} (widen it with the checks.allowed_methods setting)"
-            )
-        return method
-
-
-DEFAULT_CHECK_POLICY = CheckPolicy()
+Datacenter = Annotated[str, AfterValidator(_datacenter)]
+AgentCheckId = Annotated[str, AfterValidator(_agent_check_id)]
+NearNode = Annotated[str, AfterValidator(_near)]
+CheckOutput = Annotated[str, AfterValidator(_check_output)]
+NodeMeta = Annotated[dict[str, str], AfterValidator(check_node_meta)]
+HostPort = Annotated[str, AfterValidator(_host_port)]

@@ -1,5 +1,5 @@
-"""Test harness: real Consul agents, a three-server cluster, toxiproxy, a counting proxy,
-and misbehaving HTTP servers (harness.misbehaving).
+"""Test harness: real Consul agents, a three-server cluster, two WAN-joined datacenters,
+toxiproxy, a counting proxy, and misbehaving HTTP servers (harness.misbehaving).
 
 Test code, not product code; stdlib only. Import it as ``harness`` (tests/ is on sys.path
 through tests/conftest.py). The fixtures in tests/conftest.py are the usual way in.
@@ -8,6 +8,7 @@ through tests/conftest.py). The fixtures in tests/conftest.py are the usual way 
 from .binaries import BinaryUnavailable, NotBuiltYet, resolve, version
 from .consul import AclConsulAgent, ConsulAgent, ConsulCluster, ConsulHarnessError
 from .counting import CountingProxy
+from .federation import TwoDatacenters
 from .httpc import Response, request
 from .misbehaving import (
     EarlyHints,
@@ -40,6 +41,7 @@ __all__ = [
     "ToxiproxyServer",
     "TrickleBody",
     "TrickleHeaders",
+    "TwoDatacenters",
     "allocate_ports",
     "live_processes",
     "release_ports",

@@ -310,7 +310,35 @@ class AclConsulAgent(ConsulAgent):
         return str(resp.json()["SecretID"])
 
 
-class ConsulCluster:
+class AgentGroup:
+    """Agents started and stopped together; subclasses set ``agents``, ``base_dir`` and
+    ``_owns_base`` and define ``start()``."""
+
+    agents: list[ConsulAgent]
+    base_dir: Path
+    _owns_base: bool
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                agent.close()
+        if self._owns_base:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tails(self, n: int = 20) -> str:
+        return "\n".join(f"--- {a.describe()}\n{a.log_tail(n)}" for a in self.agents)
+
+
+class ConsulCluster(AgentGroup):
     """Three (``size``) Consul servers on loopback that elect a leader among themselves."""
 
     def __init__(
@@ -367,19 +395,6 @@ class ConsulCluster:
                 last = repr(exc)
             time.sleep(POLL_INTERVAL)
         raise ConsulHarnessError(f"cluster KV write never succeeded ({last})\n" + self.log_tails())
-
-    def close(self) -> None:
-        for agent in self.agents:
-            with contextlib.suppress(Exception):
-                agent.close()
-        if self._owns_base:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- leadership ----------------------------------------------------------------------
     @property
@@ -449,6 +464,3 @@ class ConsulCluster:
                 return agent
             time.sleep(POLL_INTERVAL)
         raise ConsulHarnessError(f"{agent.name} did not rejoin\n" + self.log_tails())
-
-    def log_tails(self, n: int = 20) -> str:
-        return "\n".join(f"--- {a.describe()}\n{a.log_tail(n)}" for a in self.agents)

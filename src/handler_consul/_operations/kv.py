@@ -1,4 +1,4 @@
-"""consul.kv_get and consul.kv_put: payload models and the functions that run them.
+"""consul.kv_get, consul.kv_put and consul.kv_delete: payload models and their functions.
 
 The functions run in a worker thread and call python-consul2's ``kv`` endpoint. They
 normalise what python-consul2 returns: the index header as an ``int`` (it hands back the
@@ -8,15 +8,15 @@ and values as text when they are UTF-8 and base64 otherwise.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from handler_consul._client import ConsulClient
 from handler_consul._operations.settle import settle
+from handler_consul._operations.values import check_value, kv_read, value_bytes
 from handler_consul._results import (
+    KvDeleteResult,
     KvEntry,
     KvGetKeysResult,
     KvGetRecurseResult,
@@ -24,15 +24,16 @@ from handler_consul._results import (
     KvPutResult,
 )
 from handler_consul._validation import (
-    MAX_VALUE_BYTES,
     UINT64_MAX,
+    Datacenter,
     KvKey,
     KvPrefix,
     SessionId,
-    check_text,
 )
 
 __all__ = [
+    "KvDeletePayload",
+    "KvDeleteResult",
     "KvEntry",
     "KvGetKeysResult",
     "KvGetPayload",
@@ -40,6 +41,8 @@ __all__ = [
     "KvGetResult",
     "KvPutPayload",
     "KvPutResult",
+    "kv_delete",
+    "kv_delete_is_idempotent",
     "kv_get",
     "kv_put",
     "kv_put_is_idempotent",
@@ -61,7 +64,9 @@ class KvGetPayload(BaseModel):
     keys_only: bool = False
     key: KvPrefix
     separator: str | None = Field(None, min_length=1, max_length=16)
-    consistency: Literal["default", "stale", "consistent"] = "default"
+    # "cached": served from memory, kept fresh by a blocking query (see _operations/watch.py).
+    consistency: Literal["default", "stale", "consistent", "cached"] = "default"
+    datacenter: Datacenter | None = None
 
     @field_validator("key")
     @classmethod
@@ -103,23 +108,12 @@ class KvPutPayload(BaseModel):
     cas: int | None = Field(None, ge=0, le=UINT64_MAX)
     acquire: SessionId | None = None
     release: SessionId | None = None
+    datacenter: Datacenter | None = None
 
     @field_validator("value")
     @classmethod
     def _value(cls, value: str | bytes, info: ValidationInfo) -> str | bytes:
-        encoding = info.data.get("encoding", "utf-8")
-        if isinstance(value, bytes) and encoding != "utf-8":
-            raise ValueError("encoding applies to text values only; bytes are sent as they are")
-        if isinstance(value, str):
-            check_text(value)
-        # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be checked
-        # here (kv_put encodes it once, for the request).
-        short_text = (
-            isinstance(value, str) and encoding == "utf-8" and len(value) * 4 <= MAX_VALUE_BYTES
-        )
-        if not short_text and len(_value_bytes(value, encoding)) > MAX_VALUE_BYTES:
-            raise ValueError(f"must be at most {MAX_VALUE_BYTES} bytes (Consul's limit)")
-        return value
+        return check_value(value, info.data.get("encoding", "utf-8"))
 
     @model_validator(mode="after")
     def _locks(self) -> KvPutPayload:
@@ -129,86 +123,58 @@ class KvPutPayload(BaseModel):
 
     def data(self) -> bytes:
         """The bytes to store."""
-        return _value_bytes(self.value, self.encoding)
+        return value_bytes(self.value, self.encoding)
 
 
-def _value_bytes(value: str | bytes, encoding: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if encoding == "base64":
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("is not valid base64") from None
-    return value.encode("utf-8")
+class KvDeletePayload(BaseModel):
+    """Delete one key, or every key under a prefix (``recurse``); ``cas`` makes a single-key
+    delete conditional. The whole tree (an empty key with ``recurse``) also needs
+    ``confirm_root``: one envelope must not wipe a datacenter's KV store by accident.
 
+    Fields are declared in the order their validators read each other.
+    """
 
-def _index(raw: Any) -> int:
-    """python-consul2 returns X-Consul-Index as the header string (or None)."""
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return 0
+    model_config = _STRICT
 
+    recurse: bool = False
+    key: KvPrefix
+    confirm_root: bool = Field(False, validate_default=True)
+    # Consul deletes with a CAS index only when it is above 0 (0 never matches).
+    cas: int | None = Field(None, ge=1, le=UINT64_MAX)
 
-def _decode_value(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
-    if raw is None:
-        # Consul stores an empty value as null; give back what was written: "".
-        return "", "utf-8"
-    try:
-        return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(raw).decode("ascii"), "base64"
+    @field_validator("key")
+    @classmethod
+    def _key_for_mode(cls, key: str, info: ValidationInfo) -> str:
+        if key == "" and not info.data.get("recurse"):
+            raise ValueError("must not be empty unless recurse is set")
+        return key
 
+    @field_validator("confirm_root")
+    @classmethod
+    def _confirm_root(cls, confirm: bool, info: ValidationInfo) -> bool:
+        root = info.data.get("key") == "" and info.data.get("recurse") is True
+        if root and not confirm:
+            raise ValueError(
+                "must be true to delete every key (an empty key with recurse); nothing was deleted"
+            )
+        if confirm and not root and "key" in info.data:
+            raise ValueError("is only meaningful with an empty key and recurse")
+        return confirm
 
-def _entry(item: dict[str, Any]) -> KvEntry:
-    value, encoding = _decode_value(item.get("Value"))
-    return {
-        "key": item["Key"],
-        "value": value,
-        "encoding": encoding,
-        "flags": int(item.get("Flags", 0)),
-        "modify_index": int(item.get("ModifyIndex", 0)),
-        "create_index": int(item.get("CreateIndex", 0)),
-        "lock_index": int(item.get("LockIndex", 0)),
-        "session": item.get("Session"),
-    }
+    @field_validator("cas")
+    @classmethod
+    def _cas_one_key(cls, cas: int | None, info: ValidationInfo) -> int | None:
+        # Consul would silently drop recurse and CAS-delete the one key named.
+        if cas is not None and info.data.get("recurse"):
+            raise ValueError("applies to one key: not with recurse")
+        return cas
 
 
 async def kv_get(
     client: ConsulClient, payload: KvGetPayload
 ) -> KvGetResult | KvGetRecurseResult | KvGetKeysResult:
-    consistency = None if payload.consistency == "default" else payload.consistency
-    raw_index, data = await settle(
-        client.kv.get(
-            payload.key,
-            recurse=payload.recurse,
-            keys=payload.keys_only,
-            separator=payload.separator,
-            consistency=consistency,
-        )
-    )
-    index = _index(raw_index)
-    if payload.keys_only:
-        return {"prefix": payload.key, "keys": list(data or []), "index": index}
-    if payload.recurse:
-        items = [_entry(item) for item in data or []]
-        return {"prefix": payload.key, "found": bool(items), "items": items, "index": index}
-    if data is None:
-        return {
-            "key": payload.key,
-            "found": False,
-            "value": None,
-            "encoding": None,
-            "flags": None,
-            "modify_index": None,
-            "create_index": None,
-            "lock_index": None,
-            "session": None,
-            "index": index,
-        }
-    entry = _entry(data)
-    return {"found": True, **entry, "index": index}
+    _, result = await kv_read(client, payload)
+    return result
 
 
 async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
@@ -220,6 +186,7 @@ async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
             flags=payload.flags,
             acquire=payload.acquire,
             release=payload.release,
+            dc=payload.datacenter,
         )
     )
     return {"key": payload.key, "applied": applied is True}
@@ -228,3 +195,16 @@ async def kv_put(client: ConsulClient, payload: KvPutPayload) -> KvPutResult:
 def kv_put_is_idempotent(payload: KvPutPayload) -> bool:
     """A plain put can be re-sent; a CAS or lock write is never blindly re-sent."""
     return payload.cas is None and payload.acquire is None and payload.release is None
+
+
+async def kv_delete(client: ConsulClient, payload: KvDeletePayload) -> KvDeleteResult:
+    deleted = await settle(
+        client.kv.delete(payload.key, recurse=payload.recurse or None, cas=payload.cas)
+    )
+    return {"key": payload.key, "deleted": deleted is True}
+
+
+def kv_delete_is_idempotent(payload: KvDeletePayload) -> bool:
+    """A plain delete can be re-sent (the second one deletes nothing and answers true); a
+    CAS delete cannot: its second answer would be false whether or not the first applied."""
+    return payload.cas is None

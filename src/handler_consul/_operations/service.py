@@ -1,8 +1,15 @@
-"""consul.register and consul.deregister on the local agent."""
+"""consul.register, consul.deregister and consul.check_update on the local agent.
+
+A registration with ``maintain: true`` is the handler's to keep alive: :func:`serve_register`
+registers it, passes its TTL check once, and hands it to the handler's :class:`Maintainer`
+(kept in the runtime's state), which passes the check every ttl/3 and restores what the agent
+loses; :func:`serve_deregister` ends that upkeep before the service is removed, so a
+heartbeat can never bring it back.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -15,12 +22,15 @@ from pydantic import (
     model_validator,
 )
 
+from handler_consul._check_policy import DEFAULT_CHECK_POLICY, CheckPolicy
 from handler_consul._client import ConsulClient
+from handler_consul._errors import InfraUnavailableError
+from handler_consul._operations.effects import Effects
 from handler_consul._operations.settle import settle
-from handler_consul._results import DeregisterResult, RegisterResult
+from handler_consul._results import CheckUpdateResult, DeregisterResult, RegisterResult
 from handler_consul._validation import (
-    DEFAULT_CHECK_POLICY,
-    CheckPolicy,
+    AgentCheckId,
+    CheckOutput,
     Duration,
     ServiceAddress,
     ServiceId,
@@ -28,18 +38,34 @@ from handler_consul._validation import (
     Tag,
     Text,
     check_meta,
+    duration_seconds,
 )
 
 __all__ = [
+    "MAINTAINED",
+    "MAINTENANCE",
+    "CheckUpdatePayload",
+    "CheckUpdateResult",
     "DeregisterPayload",
     "DeregisterResult",
     "HealthCheck",
+    "Maintainer",
     "RegisterPayload",
     "RegisterResult",
     "ServiceWeights",
+    "check_update",
     "deregister",
+    "read_registration",
     "register",
+    "serve_deregister",
+    "serve_register",
 ]
+
+# Where the handler keeps its Maintainer in the runtime's state.
+MAINTENANCE = "maintenance"
+MIN_MAINTAINED_TTL_SECONDS = 1.0
+# The output of a TTL check the handler passes.
+MAINTAINED = "kept passing by handler-consul"
 
 _STRICT = ConfigDict(
     strict=True, frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
@@ -55,7 +81,7 @@ class HealthCheck(BaseModel):
 
     ttl: Duration | None = None
     http: str | None = Field(None, pattern=r"^https?://[^\s]+$", max_length=2048)
-    tcp: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$", max_length=300)
+    tcp: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}$", max_length=300)
     grpc: str | None = Field(None, pattern=r"^[A-Za-z0-9._\-\[\]:/]+$", max_length=300)
     interval: Duration | None = None
     timeout: Duration | None = None
@@ -175,11 +201,33 @@ class RegisterPayload(BaseModel):
     check: HealthCheck | None = None
     weights: ServiceWeights | None = None
     enable_tag_override: bool = False
+    # The handler keeps it registered (and its TTL check passing) until deregister/shutdown.
+    # Declared after ``check`` so its validator can see it.
+    maintain: bool = False
+
+    @field_validator("maintain")
+    @classmethod
+    def _heartbeat_is_sane(cls, maintain: bool, info: ValidationInfo) -> bool:
+        check = info.data.get("check")
+        ttl = check.ttl if maintain and check is not None else None
+        if ttl is not None and duration_seconds(ttl) < MIN_MAINTAINED_TTL_SECONDS:
+            raise ValueError(
+                f"needs a ttl of at least {MIN_MAINTAINED_TTL_SECONDS:g}s: the check is "
+                "passed every ttl/3"
+            )
+        return maintain
 
     @property
     def effective_id(self) -> str:
         """Consul uses the name as the ID when none is given."""
         return self.service_id or self.name
+
+    @property
+    def ttl_check_id(self) -> str | None:
+        """The ID Consul gives the service's TTL check, if it has one."""
+        if self.check is None or self.check.ttl is None:
+            return None
+        return f"service:{self.effective_id}"
 
     def definition(self) -> dict[str, Any]:
         body: dict[str, Any] = {"ID": self.effective_id, "Name": self.name}
@@ -214,3 +262,99 @@ async def deregister(client: ConsulClient, payload: DeregisterPayload) -> Deregi
     # python-consul2 answers False on 404 ("Unknown service ID"): it was not registered.
     removed = await settle(client.agent.service.deregister(payload.service_id))
     return {"service_id": payload.service_id, "deregistered": removed is True}
+
+
+class CheckUpdatePayload(BaseModel):
+    """Set a TTL check's status (what passing it, warning it or failing it means)."""
+
+    model_config = _STRICT
+
+    check_id: AgentCheckId
+    status: Literal["passing", "warning", "critical"]
+    output: CheckOutput = ""
+
+
+async def check_update(client: ConsulClient, payload: CheckUpdatePayload) -> CheckUpdateResult:
+    # A check the agent does not know is python-consul2's NotFound: a typed 404 that names it.
+    await settle(client.update_check(payload.check_id, payload.status, payload.output))
+    return {"check_id": payload.check_id, "status": payload.status, "updated": True}
+
+
+async def read_registration(client: ConsulClient, service_id: str) -> dict[str, Any] | None:
+    """The agent's copy of a service, None when it has none.
+
+    Read from the whole list (GET /v1/agent/services), not /v1/agent/service/<id>: an ID such
+    as ``register`` or ``deregister`` makes that path another endpoint (Consul answers 405).
+    """
+    services = await settle(client.agent.services())
+    found = (services or {}).get(service_id)
+    return dict(found) if isinstance(found, dict) else None
+
+
+class Maintainer(Protocol):
+    """The handler's upkeep of maintained registrations (see handler_consul._maintain).
+
+    Every register and deregister of an ID takes a ticket first; only the holder of the
+    newest ticket may start, or bring back, that ID's upkeep. So concurrent registers leave
+    exactly one upkeep, and a deregister that overlaps a register in flight stays done.
+    """
+
+    def ticket(self, service_id: str) -> int:
+        """A new ticket for ``service_id``: older ones can no longer start its upkeep."""
+
+    async def suspend(self, service_id: str) -> None:
+        """End the current upkeep of ``service_id`` (kept aside for :meth:`resume`);
+        returns once none of its requests is in flight."""
+
+    def resume(self, service_id: str, ticket: int) -> None:
+        """The register holding ``ticket`` failed: bring the suspended upkeep back, if
+        ``ticket`` is still the newest."""
+
+    async def maintain(self, payload: RegisterPayload, ticket: int) -> None:
+        """Keep ``payload`` (registered just now) registered and its TTL check passing, if
+        ``ticket`` is still the newest."""
+
+    async def forget(self, service_id: str) -> bool:
+        """Stop keeping ``service_id`` alive for good (a deregister): takes a ticket, ends
+        any upkeep, suspended or running; returns once no upkeep request is in flight."""
+
+    async def forget_suspended(self, service_id: str, ticket: int) -> None:
+        """A register without ``maintain`` replaced the definition: drop the suspended
+        upkeep, if ``ticket`` is still the newest."""
+
+
+async def serve_register(effects: Effects, payload: RegisterPayload) -> RegisterResult:
+    maintainer: Maintainer | None = effects.state.get(MAINTENANCE)
+    if maintainer is None:
+        if payload.maintain:
+            raise effects.error(InfraUnavailableError, "consul.register: no maintenance available")
+        return await effects.call(register, payload)
+    service_id = payload.effective_id
+    ticket = maintainer.ticket(service_id)
+    # Registered again, maintained or not: the old upkeep is suspended before the new
+    # definition lands, so it can never restore the old one over it; if this register fails
+    # or is cancelled, the old upkeep comes back (unless something newer happened since).
+    await maintainer.suspend(service_id)
+    try:
+        result = await effects.call(register, payload)
+        check_id = payload.ttl_check_id
+        if payload.maintain and check_id is not None:
+            # Passing when this returns: the caller need not wait for the first heartbeat.
+            passing = CheckUpdatePayload(check_id=check_id, status="passing", output=MAINTAINED)
+            await effects.call(check_update, passing)
+    except BaseException:
+        maintainer.resume(service_id, ticket)
+        raise
+    if payload.maintain:
+        await maintainer.maintain(payload, ticket)
+    else:
+        await maintainer.forget_suspended(service_id, ticket)
+    return result
+
+
+async def serve_deregister(effects: Effects, payload: DeregisterPayload) -> DeregisterResult:
+    maintainer: Maintainer | None = effects.state.get(MAINTENANCE)
+    if maintainer is not None:
+        await maintainer.forget(payload.service_id)
+    # Not re-sent after an unknown outcome: see the dispatch table.
+    return await effects.call(deregister, payload, idempotent=False)

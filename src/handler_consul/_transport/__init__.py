@@ -8,10 +8,12 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight
 
 __all__ = [
     "ConsulTransport",
     "HTTPStatusError",
+    "InFlight",
     "ResponseTooLarge",
     "TransportConfig",
     "TransportConnectionError",

@@ -28,7 +28,7 @@ import select
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -43,6 +43,7 @@ from handler_consul._transport.errors import (
     TransportError,
     TransportTimeout,
 )
+from handler_consul._transport.inflight import InFlight, shut_down
 from handler_consul._transport.response import ConsulHTTPResponse
 
 __all__ = ["ConsulTransport", "TransportConfig"]
@@ -84,6 +85,9 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Connections whose request is sent and whose answer is awaited (abort_in_flight).
+        self._receiving: set[http.client.HTTPConnection] = set()
+        self._aborting = False
         self._local = threading.local()
         self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
@@ -96,6 +100,10 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
 
     # -- per-request timeout ------------------------------------------------------------
+
+    def set_call(self, call: InFlight | None) -> None:
+        """Let ``call`` abort the requests this thread makes next (see :class:`InFlight`)."""
+        self._local.call = call
 
     def set_request_deadline(self, deadline: float | None) -> None:
         """Bound the requests this thread makes next by an absolute ``time.monotonic()``
@@ -122,7 +130,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("GET", path, params, None))
+        return callback(self.request("GET", path, params, None, accept=_accepted(callback)))
 
     def put(
         self,
@@ -132,7 +140,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("PUT", path, params, data))
+        return callback(self.request("PUT", path, params, data, accept=_accepted(callback)))
 
     def delete(
         self,
@@ -142,7 +150,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("DELETE", path, params, data))
+        return callback(self.request("DELETE", path, params, data, accept=_accepted(callback)))
 
     def post(
         self,
@@ -152,7 +160,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("POST", path, params, data))
+        return callback(self.request("POST", path, params, data, accept=_accepted(callback)))
 
     # -- connections ---------------------------------------------------------------------
 
@@ -187,6 +195,21 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         for conn in idle:
             conn.close()
 
+    def abort_in_flight(self) -> None:
+        """End every request waiting for its answer now, from any thread: their sockets are
+        shut down, so each worker's read fails at once instead of at its deadline.
+
+        For the long-poll transport at shutdown: a blocking query would otherwise hold its
+        thread for the rest of its wait. Their outcome is reported as unknown (sent).
+        """
+        with self._lock:
+            # A worker between its checkout and its first read is not in _receiving yet: the
+            # flag makes it end its request itself, so none slips through and blocks.
+            self._aborting = True
+            waiting = list(self._receiving)
+        for conn in waiting:
+            shut_down(conn)
+
     # -- one request ---------------------------------------------------------------------
 
     def _target(self, path: str, params: Params) -> str:
@@ -196,11 +219,21 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return target
 
     def request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        *,
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
-        """One request under one deadline: a Response, or a TransportError from nothing."""
+        """One request under one deadline: a Response, or a TransportError from nothing.
+
+        ``accept`` names error statuses the caller interprets itself (a transaction's 409
+        carries which operation failed); they come back as a Response, whole.
+        """
         try:
-            return self._request(method, path, params, data)
+            return self._request(method, path, params, data, accept)
         except TransportError as exc:
             error = exc
         # Raised outside the except block and without its traceback so far: no __context__
@@ -211,7 +244,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         raise error.with_traceback(None)
 
     def _request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
         target = self._target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -242,18 +280,34 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
                 conn.close()
                 raise _failure(exc, where, timeout, request_sent=False) from None
             break
+        with self._lock:
+            self._receiving.add(conn)
+            aborting = self._aborting
+        call: InFlight | None = getattr(self._local, "call", None)
+        if call is not None and not call.attach(conn):
+            with self._lock:
+                self._receiving.discard(conn)
+            conn.close()
+            raise TransportConnectionError(f"{where}: abandoned by its caller", request_sent=True)
+        if aborting:
+            shut_down(conn)
         try:
             response, content = self._receive(conn, deadline, where)
         except BaseException as exc:
             conn.close()
             # Sent: Consul may have applied it. Re-sending is the caller's decision.
             raise _failure(exc, where, timeout, request_sent=True) from None
+        finally:
+            with self._lock:
+                self._receiving.discard(conn)
+            if call is not None:
+                call.detach()
         if response.will_close:
             conn.close()
         else:
             self._checkin(conn)
         status = response.status
-        if status >= 400 and status != 404:
+        if status >= 400 and status != 404 and status not in accept:
             # A server that echoes the request (a proxy's error page, say) would hand the
             # token back in the body: it is redacted before the error exists.
             answer = redact(_text(content), self._token)
@@ -282,6 +336,12 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             # connection's position in the stream is unknown, so it is not reused.
             response.will_close = True
         return response, content
+
+
+def _accepted(callback: Callable[..., Any]) -> Collection[int]:
+    """The error statuses a callback interprets itself (its ``accept_statuses``)."""
+    accept: Collection[int] = getattr(callback, "accept_statuses", ())
+    return accept
 
 
 def _send(

@@ -1,6 +1,6 @@
 """``handler-consul kv get | put | delete``: Consul's ``consul kv`` commands over the handler.
 
-``get`` and ``put`` run the ``consul.kv_get`` / ``consul.kv_put`` operations through
+They run the ``consul.kv_get`` / ``consul.kv_put`` / ``consul.kv_delete`` operations through
 ``HandlerConsul.execute`` (validation, breaker, retries, deadline). Output follows ``consul
 kv``: the value as stored, ``Success! ...`` lines, ``Error! ...`` on stderr.
 """
@@ -13,16 +13,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from handler_consul._errors import InfraError, InfraValidationError
 from handler_consul.cli.common import (
     Failure,
-    call_client,
-    check_envelope,
-    client_exit_code,
     execute_once,
-    exit_code_for,
-    report_error,
-    settings_for,
 )
 from handler_consul.cli.output import (
     EXIT_FAILED,
@@ -135,44 +128,24 @@ async def cmd_kv_put(args: argparse.Namespace, config: Mapping[str, Any]) -> int
 
 
 async def cmd_kv_delete(args: argparse.Namespace, config: Mapping[str, Any]) -> int:
-    """``DELETE /v1/kv/KEY`` with the handler's internal client.
-
-    There is no kv_delete operation yet; until there is, this is one request with
-    ``common.call_client`` (no breaker, no retries), as the demo's cleanup does. It moves to
-    ``HandlerConsul.execute`` with the operation, like ``kv get`` and ``kv put``.
-    """
+    """``consul.kv_delete`` through ``HandlerConsul.execute``, like ``get`` and ``put``."""
     as_json = wants_json(args.format)
     key, recurse = args.key, bool(args.recurse)
     if not key:
-        # With --recurse an empty prefix is every key in the datacenter.
+        # With --recurse an empty prefix is every key in the datacenter: not from a shell.
         raise UsageError("kv delete needs a KEY")
-    try:
-        # The key reaches the URL path: the operations' key rules first (a '../agent/...'
-        # key is refused here, nothing sent). kv_get's payload takes a prefix with recurse.
-        payload = {"key": key, "recurse": True} if recurse else {"key": key}
-        check_envelope({"operation": "consul.kv_get", "payload": payload}, settings_for(config))
-    except InfraValidationError as refused:
-        # Named for what the user ran: the kv_get payload only lends its key rules.
-        context = refused.context.model_copy(update={"operation": "kv delete"})
-        error = InfraValidationError(refused.message, context=context, errors=refused.errors)
-        report_error(error, as_json=as_json)
-        return exit_code_for(error)
-    except InfraError as error:
-        report_error(error, as_json=as_json)
-        return exit_code_for(error)
-    try:
-        answer = await call_client(
-            config, "kv delete", lambda client: client.kv.delete(key, recurse=recurse or None)
-        )
-    except InfraError as error:
-        report_error(error, as_json=as_json)
-        return client_exit_code(error)
-    deleted = answer is True
+    payload: dict[str, Any] = {"key": key, "recurse": recurse}
+    if args.cas is not None:
+        payload["cas"] = args.cas
+    outcome = await execute_once(config, {"operation": "consul.kv_delete", "payload": payload})
+    if isinstance(outcome, Failure):
+        return outcome.report(as_json=as_json)
+    deleted = outcome.result["deleted"] is True
     if as_json:
         emit({"key": key, "recurse": recurse, "deleted": deleted})
     elif deleted:
         say(f"Success! Deleted {'keys with prefix' if recurse else 'key'}: {key}")
     if not deleted:
-        warn(f"Error! Did not delete {key}")
+        warn(f"Error! Did not delete {key}: CAS failed")
         return EXIT_FAILED
     return EXIT_OK

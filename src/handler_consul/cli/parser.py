@@ -202,6 +202,9 @@ def _kv(commands: _Commands) -> None:
     )
     p.add_argument("key", metavar="KEY")
     p.add_argument("--recurse", action="store_true", help="every key under the prefix KEY")
+    p.add_argument(
+        "--cas", type=int, metavar="N", help="delete only if the key's modify_index is N (>= 1)"
+    )
     _add_format(p)
 
 

@@ -1,0 +1,57 @@
+"""The Effects a loop-side operation or a Python-level call gets: the envelope's breaker,
+retries, pools and translation, against a real agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import ConsulAgent
+from support.envelopes import unique_key
+from support.handlers import MakeHandler
+
+from handler_consul import HandlerConsul, InfraUnavailableError
+from handler_consul._operations.settle import settle
+
+
+def put_run(key: str, value: str) -> Any:
+    async def run(client: Any, _: None) -> bool:
+        return bool(await settle(client.kv.put(key, value)))
+
+    return run
+
+
+async def test_effects_reach_consul_through_the_breaker_of_their_datacenter(
+    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
+) -> None:
+    handler = await make_tuned_handler(consul_agent)
+    effects = handler._effects("consul.example")
+    key = unique_key()
+    assert await effects.call(put_run(key, "v"), None) is True
+    assert effects.attempts == 1
+    assert effects.runtime is handler._lifecycle.runtime
+    states = handler.describe()["circuit_breakers"]
+    assert "consul.default" in str(states)
+
+
+async def test_an_open_breaker_refuses_effects_like_envelopes(
+    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
+) -> None:
+    handler = await make_tuned_handler(consul_agent)
+    handler.force_open_circuit("dc9")
+    effects = handler._effects("consul.example", datacenter="dc9", timeout=0.3)
+    with pytest.raises(InfraUnavailableError) as info:
+        await effects.call(put_run(unique_key(), "v"), None)
+    assert info.value.context.target == "consul.dc9"
+    assert info.value.context.operation == "consul.example"
+
+
+async def test_effects_are_refused_before_initialize_and_after_shutdown(
+    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
+) -> None:
+    with pytest.raises(InfraUnavailableError, match="not initialized"):
+        HandlerConsul()._effects("consul.example")
+    handler = await make_tuned_handler(consul_agent)
+    await handler.shutdown()
+    with pytest.raises(InfraUnavailableError, match="shut down"):
+        handler._effects("consul.example")
