@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -145,7 +145,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("GET", path, params, None))
+        return callback(await self.request("GET", path, params, None, accept=_accepted(callback)))
 
     async def put(
         self,
@@ -155,7 +155,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("PUT", path, params, data))
+        return callback(await self.request("PUT", path, params, data, accept=_accepted(callback)))
 
     async def delete(
         self,
@@ -165,7 +165,9 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("DELETE", path, params, data))
+        return callback(
+            await self.request("DELETE", path, params, data, accept=_accepted(callback))
+        )
 
     async def post(
         self,
@@ -175,7 +177,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("POST", path, params, data))
+        return callback(await self.request("POST", path, params, data, accept=_accepted(callback)))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -225,11 +227,21 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         return b"".join((head, self._auth, b"Content-Length: 0\r\n\r\n"))
 
     async def request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        *,
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
-        """One request under one deadline: a Response, or a TransportError from nothing."""
+        """One request under one deadline: a Response, or a TransportError from nothing.
+
+        ``accept`` names error statuses the caller interprets itself (a transaction's 409
+        carries which operation failed); they come back as a Response, whole.
+        """
         try:
-            return await self._request(method, path, params, data)
+            return await self._request(method, path, params, data, accept)
         except TransportError as exc:
             error = exc
         # Raised outside the except block and without its traceback so far: no __context__
@@ -240,7 +252,12 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         raise error.with_traceback(None)
 
     async def _request(
-        self, method: str, path: str, params: Params, data: str | bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        data: str | bytes | None,
+        accept: Collection[int] = (),
     ) -> consul_base.Response:
         loop = asyncio.get_running_loop()
         body = data.encode("utf-8") if isinstance(data, str) else data
@@ -270,7 +287,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             conn, waiter, loop_deadline, method, path, timeout
         )
         self._checkin(conn)
-        if status >= 400 and status != 404:
+        if status >= 400 and status != 404 and status not in accept:
             # A server that echoes the request (a proxy's error page, say) would hand the
             # token back in the body: it is redacted before the error exists.
             answer = redact(_text(content), self._token)
@@ -359,3 +376,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return f"{type(exc).__name__}: {exc.reason}"
     return type(exc).__name__
+
+
+def _accepted(callback: Callable[..., Any]) -> Collection[int]:
+    """The error statuses a callback interprets itself (its ``accept_statuses``)."""
+    accept: Collection[int] = getattr(callback, "accept_statuses", ())
+    return accept
