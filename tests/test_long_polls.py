@@ -26,6 +26,8 @@ from handler_consul._longpoll import BlockingQuery, next_index, wait_text
 from handler_consul._operations.effects import StaleAnswer
 from handler_consul._operations.settle import settle
 from handler_consul._runtime import Runtime
+from handler_consul._transport import ConsulTransport
+from handler_consul._transport.aio import AsyncConsulTransport
 
 
 def runtime_of(handler: HandlerConsul) -> Runtime:
@@ -228,6 +230,32 @@ async def test_long_polls_never_take_a_short_operations_slot(
     await handler.execute(kv_put(key, "w"))  # ends the held rounds
     ended = await asyncio.wait_for(asyncio.gather(*held), 10)
     assert [value for _, value, _ in ended] == ["w"] * 4
+
+
+async def test_long_polls_run_on_their_own_threads_over_the_blocking_transport_in_either_mode(
+    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent, io_mode: str
+) -> None:
+    """In asyncio mode too: a blocking query holds a worker of the long-poll pool and a
+    connection of its own blocking transport, never a slot of the operations' bulkhead."""
+    handler = await make_tuned_handler(
+        consul_agent, max_concurrent_operations=1, long_poll={"max_watches": 2}
+    )
+    runtime = runtime_of(handler)
+    assert handler.describe()["io"] == io_mode
+    expected = AsyncConsulTransport if io_mode == "asyncio" else ConsulTransport
+    assert type(runtime.transport) is expected
+    assert type(runtime.long_polls.client.http) is ConsulTransport
+    key = unique_key()
+    await handler.execute(kv_put(key, "v"))
+    first = await BlockingQuery(runtime.long_polls, key_fetch(key)).next()
+    held = asyncio.ensure_future(
+        BlockingQuery(runtime.long_polls, key_fetch(key), index=first[0]).next(wait_seconds=20.0)
+    )
+    await asyncio.sleep(0.3)
+    assert runtime.long_polls.pool.snapshot()["busy"] == 1
+    await handler.execute(kv_put(key, "w"))  # the one operations slot is free
+    _, value, _ = await asyncio.wait_for(held, 10)
+    assert value == "w"
 
 
 # -- the cache --------------------------------------------------------------------------------
