@@ -10,6 +10,7 @@ for the response.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
+from types import FunctionType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -33,6 +34,11 @@ __all__ = ["EnvelopeEffects"]
 T = TypeVar("T")
 P = TypeVar("P")
 E = TypeVar("E", bound=InfraError)
+
+
+# (run, idempotent, name) -> its row; bounded, though the functions and names are few.
+_ROWS: dict[tuple[Any, bool, str], Operation] = {}
+_MAX_ROWS = 512
 
 
 def _always(_payload: Any) -> bool:
@@ -89,12 +95,19 @@ class EnvelopeEffects:
 
     def _operation(self, run: Run[Any, Any], idempotent: bool, name: str | None) -> Operation:
         # An ad-hoc table row: Attempts reads its name (logs, errors) and idempotency rule.
-        return Operation(
-            name or self._fields.operation or "consul",
-            BaseModel,
-            run,
-            _always if idempotent else _never,
-        )
+        # Rows of module-level functions are kept (a few per operation): building one per
+        # call was a measurable share of a short read's loop time. Partials and closures are
+        # new objects each time and would only fill the table, so they are built fresh.
+        label = name or self._fields.operation or "consul"
+        if type(run) is not FunctionType or run.__closure__ is not None:
+            return Operation(label, BaseModel, run, _always if idempotent else _never)
+        key = (run, idempotent, label)
+        row = _ROWS.get(key)
+        if row is None:
+            if len(_ROWS) >= _MAX_ROWS:
+                _ROWS.clear()
+            row = _ROWS[key] = Operation(label, BaseModel, run, _always if idempotent else _never)
+        return row
 
     async def call(
         self, run: Run[P, T], payload: P, *, idempotent: bool = True, name: str | None = None

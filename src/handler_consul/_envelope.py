@@ -231,7 +231,14 @@ def new_correlation_id() -> UUID:
     not secrecy, so the process-wide Mersenne Twister is enough. The version and variant
     bits are set exactly as ``UUID(int=..., version=4)`` sets them (tests compare the two).
     """
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
-    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
+    value = _new(UUID)
+    _set_int(value, (_random_bits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    _set_is_safe(value, _UNKNOWN_SAFETY)
     return value
+
+
+# UUID's slots, set through their descriptors: half the cost of object.__setattr__.
+_set_int = UUID.int.__set__  # type: ignore[attr-defined,misc]
+_set_is_safe = UUID.is_safe.__set__  # type: ignore[attr-defined,misc]
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+_random_bits = random.getrandbits

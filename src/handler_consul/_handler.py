@@ -209,9 +209,13 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                 context=make_context(fields, InfraUnavailableError, attempts=0),
             )
         timeout = env.timeout_seconds or runtime.settings.timeout_seconds
-        breaker = self.circuit_breaker(datacenter)
+        # The breaker is kept under the target's name; the lookup that may create one (or
+        # fall back to the shared overflow breaker) runs only when it is not there.
+        breaker = self._cb_breakers.get(target)
+        if breaker is None:
+            breaker = self.circuit_breaker(datacenter)
         with lifecycle.admitted():
-            if operation.serve is None:
+            if operation.serve is None or not operation.served(payload):
                 result, attempts = await runtime.attempts.run(
                     breaker, operation, payload, fields, started + timeout, observer
                 )

@@ -139,7 +139,9 @@ class RetryBudget:
 
     def _advance(self) -> int:
         """Empty the buckets the window has slid past; return the current bucket's index."""
-        epoch = self._epoch_now()
+        epoch = int(self._clock() // self._width)
+        if epoch == self._epoch:
+            return epoch % self._BUCKETS  # the usual case: still in the same bucket
         stale = min(epoch - self._epoch, self._BUCKETS)
         for step in range(1, stale + 1):
             slot = (self._epoch + step) % self._BUCKETS

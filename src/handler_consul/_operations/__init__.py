@@ -56,7 +56,13 @@ from handler_consul._operations.session import (
 )
 from handler_consul._operations.settle import run_to_completion
 from handler_consul._operations.txn import TxnPayload, txn, txn_is_idempotent
-from handler_consul._operations.watch import WatchPayload, serve_kv_get, serve_watch, watch_step
+from handler_consul._operations.watch import (
+    WatchPayload,
+    is_cached,
+    serve_kv_get,
+    serve_watch,
+    watch_step,
+)
 from handler_consul._transport import InFlight
 from handler_consul._transport.aio import reset_request_deadline, set_request_deadline
 
@@ -92,6 +98,9 @@ class Operation:
     # runs on the loop and reaches Consul only through the envelope's Effects. ``run`` is
     # then what ``handler-consul schema`` reads the result type from.
     serve: Callable[[Effects, Any], Awaitable[Mapping[str, Any]]] | None = None
+    # Whether a payload needs ``serve``; one that does not is one attempt of ``run``, as for
+    # an operation without ``serve`` (a plain kv_get: no Effects to build on its way).
+    served: Callable[[Any], bool] = _always
 
 
 OPERATIONS: Mapping[str, Operation] = {
@@ -107,7 +116,7 @@ OPERATIONS: Mapping[str, Operation] = {
         ),
         # Served on the loop: "consistency": "cached" reads from memory, the rest is one
         # short request as before.
-        Operation("consul.kv_get", KvGetPayload, kv_get, serve=serve_kv_get),
+        Operation("consul.kv_get", KvGetPayload, kv_get, serve=serve_kv_get, served=is_cached),
         Operation("consul.kv_put", KvPutPayload, kv_put, kv_put_is_idempotent),
         Operation("consul.kv_delete", KvDeletePayload, kv_delete, kv_delete_is_idempotent),
         Operation("consul.txn", TxnPayload, txn, txn_is_idempotent),

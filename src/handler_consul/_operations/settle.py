@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any, TypeVar
 
 __all__ = ["Ready", "run_to_completion", "settle"]
@@ -37,7 +38,7 @@ class Ready(Awaitable[T]):
 
 def settle(value: Any) -> Awaitable[Any]:
     """``value`` itself when it is awaitable (asyncio transport), else a :class:`Ready`."""
-    if inspect.isawaitable(value):
+    if type(value) is CoroutineType or inspect.isawaitable(value):  # the first: the usual case
         return value
     return Ready(value)
 

@@ -165,8 +165,9 @@ async def serve_watch(effects: Effects, payload: WatchPayload) -> WatchResult:
 # -- cached kv_get -----------------------------------------------------------------------------
 
 
-async def _first_read(client: Any, query: Any) -> tuple[int, KvReadResult]:
-    return await kv_read(client, query)
+def is_cached(payload: Any) -> bool:
+    """Whether a kv_get is served from the cache (else it is one plain request)."""
+    return bool(payload.consistency == "cached")
 
 
 async def _cache_round(query: Any, client: Any, step: tuple[int, str]) -> tuple[int, KvReadResult]:
@@ -177,7 +178,8 @@ async def _cache_round(query: Any, client: Any, step: tuple[int, str]) -> tuple[
 async def serve_kv_get(effects: Effects, payload: Any) -> KvReadResult:
     """kv_get: from the cache for ``"consistency": "cached"``, else one short request."""
     if payload.consistency != "cached":
-        _, result = await effects.call(_first_read, payload)
+        # kv_read itself is the attempt (no wrapper coroutine: one frame less per envelope).
+        _, result = await effects.call(kv_read, payload)
         return result
     query = (
         "kv",
@@ -188,7 +190,7 @@ async def serve_kv_get(effects: Effects, payload: Any) -> KvReadResult:
         payload.separator,
     )
     cached = await effects.cached(
-        query, partial(_cache_round, payload), partial(effects.call, _first_read, payload)
+        query, partial(_cache_round, payload), partial(effects.call, kv_read, payload)
     )
     served: dict[str, Any] = dict(cached.value)
     if "items" in served:
