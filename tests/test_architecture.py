@@ -34,10 +34,11 @@ LAYERS: dict[str, int] = {
     "_settings": 2,
     "_envelope": 1,
     "_log": 1,
-    "_transport.errors": 2,
+    "_transport.errors": 1,
     "_transport.response": 2,
-    "_transport.connections": 2,
+    "_transport.connections": 1,
     "_transport.inflight": 2,
+    "_transport.base": 2,  # what both transports share: targets, answers, masking
     "_transport.blocking": 3,
     "_transport.aioconn": 3,  # io="asyncio": one connection, answers read by httptools
     "_transport.aio": 4,  # imported by its path (not re-exported by _transport)

@@ -1,5 +1,6 @@
-"""The Effects a loop-side operation or a Python-level call gets: the envelope's breaker,
-retries, pools and translation, against a real agent."""
+"""The Effects a loop-side operation gets: the envelope's breaker, retries, pools and
+translation, against a real agent. (Envelopes reach them through ``Operation.serve``; built
+here directly, for one envelope of a made-up operation.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,24 @@ from support.envelopes import unique_key
 from support.handlers import MakeHandler
 
 from handler_consul import HandlerConsul, InfraUnavailableError
+from handler_consul._clock import monotonic
+from handler_consul._effects import EnvelopeEffects
+from handler_consul._envelope import new_correlation_id
+from handler_consul._errors import ContextFields
 from handler_consul._operations.settle import settle
+
+
+def effects_for(
+    handler: HandlerConsul, name: str, *, datacenter: str | None = None, timeout: float = 5.0
+) -> EnvelopeEffects:
+    """What execute() builds for an envelope of ``name`` served on the loop."""
+    runtime = handler._lifecycle.runtime
+    assert runtime is not None
+    fields = ContextFields(
+        name, new_correlation_id(), f"consul.{datacenter or 'default'}", datacenter
+    )
+    breaker = handler.circuit_breaker(datacenter)
+    return EnvelopeEffects(runtime, breaker, fields, monotonic() + timeout, None, monotonic)
 
 
 def put_run(key: str, value: str) -> Any:
@@ -25,7 +43,7 @@ async def test_effects_reach_consul_through_the_breaker_of_their_datacenter(
     make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
 ) -> None:
     handler = await make_tuned_handler(consul_agent)
-    effects = handler._effects("consul.example")
+    effects = effects_for(handler, "consul.example")
     key = unique_key()
     assert await effects.call(put_run(key, "v"), None) is True
     assert effects.attempts == 1
@@ -39,19 +57,8 @@ async def test_an_open_breaker_refuses_effects_like_envelopes(
 ) -> None:
     handler = await make_tuned_handler(consul_agent)
     handler.force_open_circuit("dc9")
-    effects = handler._effects("consul.example", datacenter="dc9", timeout=0.3)
+    effects = effects_for(handler, "consul.example", datacenter="dc9", timeout=0.3)
     with pytest.raises(InfraUnavailableError) as info:
         await effects.call(put_run(unique_key(), "v"), None)
     assert info.value.context.target == "consul.dc9"
     assert info.value.context.operation == "consul.example"
-
-
-async def test_effects_are_refused_before_initialize_and_after_shutdown(
-    make_tuned_handler: MakeHandler, consul_agent: ConsulAgent
-) -> None:
-    with pytest.raises(InfraUnavailableError, match="not initialized"):
-        HandlerConsul()._effects("consul.example")
-    handler = await make_tuned_handler(consul_agent)
-    await handler.shutdown()
-    with pytest.raises(InfraUnavailableError, match="shut down"):
-        handler._effects("consul.example")

@@ -214,7 +214,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         breaker = self._cb_breakers.get(target)
         if breaker is None:
             breaker = self.circuit_breaker(datacenter)
-        with lifecycle.admitted():
+        lifecycle.enter()
+        try:
             if operation.serve is None or not operation.served(payload):
                 result, attempts = await runtime.attempts.run(
                     breaker, operation, payload, fields, started + timeout, observer
@@ -227,6 +228,8 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
                 # serve functions build a fresh dict per call, as operations do: no copy then.
                 result = served if type(served) is dict else dict(served)
                 attempts = effects.attempts
+        finally:
+            lifecycle.leave()
         duration = self._clock() - started
         log_envelope_success(operation.name, correlation_id, attempts, duration)
         return HandlerResponse.trusted(
@@ -236,35 +239,6 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
             result,
             attempts,
             round(duration * 1000.0, 3),
-        )
-
-    def _effects(
-        self, name: str, *, datacenter: str | None = None, timeout: float | None = None
-    ) -> EnvelopeEffects:
-        """Effects for a Python-level call (a lock, a watch, ``kv_update``, a lease): the
-        same breaker, retries, pools and translation an envelope of ``name`` gets, with
-        ``timeout`` (default ``timeout_seconds``) as its deadline. Raises
-        InfraUnavailableError when the handler is not running."""
-        lifecycle = self._lifecycle
-        runtime = lifecycle.runtime
-        settings = runtime.settings if runtime is not None else self._base_settings
-        datacenter = datacenter or (settings.datacenter if settings else None)
-        target = f"consul.{datacenter or 'default'}"
-        fields = ContextFields(name, new_correlation_id(), target, datacenter)
-        refusal = lifecycle.refusal()
-        if runtime is None or refusal is not None:
-            raise InfraUnavailableError(
-                refusal or _NOT_INITIALIZED,
-                context=make_context(fields, InfraUnavailableError, attempts=0),
-            )
-        deadline = self._clock() + (timeout or runtime.settings.timeout_seconds)
-        return EnvelopeEffects(
-            runtime,
-            self.circuit_breaker(datacenter),
-            fields,
-            deadline,
-            self._telemetry,
-            self._clock,
         )
 
     # -- KV coordination -------------------------------------------------------------------

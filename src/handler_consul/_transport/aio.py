@@ -26,23 +26,28 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
 
 from handler_consul._consul import consul_base
 from handler_consul._deadlines import Deadlines
-from handler_consul._errors import redact
 from handler_consul._transport.aioconn import (
     Connection,
     ConnectionFault,
     TooLarge,
     open_connection,
 )
+from handler_consul._transport.base import (
+    Params,
+    TransportBase,
+    accepted,
+    clean,
+    describe,
+    target,
+)
 from handler_consul._transport.connections import TransportConfig
 from handler_consul._transport.errors import (
-    HTTPStatusError,
     ResponseTooLarge,
     TransportConnectionError,
     TransportError,
@@ -52,7 +57,6 @@ from handler_consul._transport.errors import (
 __all__ = ["AsyncConsulTransport", "reset_request_deadline", "set_request_deadline"]
 
 T = TypeVar("T")
-Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
 
 # The envelope's deadline (an absolute time.monotonic() instant) for the requests made in
 # this context; None: only the configured timeout bounds them.
@@ -79,8 +83,7 @@ class _MaskedBytes(bytes):
         return "b'X-Consul-Token: **********'"
 
 
-# python-consul2 ships no types, hence the ignore.
-class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
+class AsyncConsulTransport(TransportBase):
     """A ``consul.base.HTTPClient`` whose methods are coroutines.
 
     Built on any thread; used only from the event loop it first connects on (a connection of
@@ -95,20 +98,9 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(
-            host=config.host,
-            port=config.port,
-            scheme=config.scheme,
-            verify=config.verify,
-            cert=None,
-            timeout=config.timeout,
-        )
-        self.config = config
-        self._pool_size = pool_size
+        super().__init__(config, pool_size=pool_size, token=token, ssl_context=ssl_context)
         self._idle: list[Connection] = []
         self._deadlines: Deadlines | None = None  # of the loop in use
-        self._closed = False
-        self._ssl_context = ssl_context
         if config.unix_socket:
             host = "localhost"  # the agent does not look at it; HTTP/1.1 requires one
         else:
@@ -117,10 +109,6 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         # Built once: the token goes in this header line and nowhere else.
         self._fixed = f"Host: {host}\r\nAccept: application/json\r\n".encode("ascii")
         self._auth = _MaskedBytes(f"X-Consul-Token: {token}\r\n".encode("ascii") if token else b"")
-        self._token = token
-
-    def __repr__(self) -> str:
-        return f"AsyncConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
 
     # -- per-request deadline (set_request_deadline) -----------------------------------------
 
@@ -134,9 +122,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         remaining = max(deadline - now, 0.0)
         return remaining, remaining
 
-    # -- consul.base.HTTPClient ------------------------------------------------------------
-    # The ``headers`` python-consul2 passes would only ever carry its own token, which the
-    # client is built without; they are ignored so the token has exactly one source.
+    # -- consul.base.HTTPClient (its ``headers`` ignored: see TransportBase) ----------------
 
     async def get(
         self,
@@ -145,7 +131,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("GET", path, params, None, accept=_accepted(callback)))
+        return callback(await self.request("GET", path, params, None, accept=accepted(callback)))
 
     async def put(
         self,
@@ -155,7 +141,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("PUT", path, params, data, accept=_accepted(callback)))
+        return callback(await self.request("PUT", path, params, data, accept=accepted(callback)))
 
     async def delete(
         self,
@@ -165,9 +151,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(
-            await self.request("DELETE", path, params, data, accept=_accepted(callback))
-        )
+        return callback(await self.request("DELETE", path, params, data, accept=accepted(callback)))
 
     async def post(
         self,
@@ -177,7 +161,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(await self.request("POST", path, params, data, accept=_accepted(callback)))
+        return callback(await self.request("POST", path, params, data, accept=accepted(callback)))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -215,10 +199,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
     def _encode(self, method: str, path: str, params: Params, body: bytes | None) -> bytes:
         """The request's bytes. Path and query are percent-encoded, so no CR or LF can reach
         the request line; the token header is the one built in __init__."""
-        target = quote(path, safe="/:")
-        if params:
-            target = f"{target}?{urlencode(params)}"
-        head = f"{method} {target} HTTP/1.1\r\n".encode("ascii") + self._fixed
+        head = f"{method} {target(path, params)} HTTP/1.1\r\n".encode("ascii") + self._fixed
         if body:
             length = b"Content-Length: %d\r\nContent-Type: application/octet-stream\r\n" % len(body)
             return b"".join((head, self._auth, length, b"\r\n", body))
@@ -244,12 +225,9 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             return await self._request(method, path, params, data, accept)
         except TransportError as exc:
             error = exc
-        # Raised outside the except block and without its traceback so far: no __context__
-        # links to asyncio frames, and no frame of this module (whose locals hold the
-        # request's bytes, token included) for locals-capturing error trackers.
-        error.__suppress_context__ = True
-        error.__context__ = None
-        raise error.with_traceback(None)
+        # Outside the except block: this module's frames hold the request's bytes, token
+        # included.
+        raise clean(error)
 
     async def _request(
         self,
@@ -287,16 +265,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             conn, waiter, loop_deadline, method, path, timeout
         )
         self._checkin(conn)
-        if status >= 400 and status != 404 and status not in accept:
-            # A server that echoes the request (a proxy's error page, say) would hand the
-            # token back in the body: it is redacted before the error exists.
-            answer = redact(_text(content), self._token)
-            raise HTTPStatusError(status, answer, method=method, path=path)
-        return consul_base.Response(status, headers, _text(content), content)
-
-    def _where(self, method: str, path: str) -> str:
-        """What a message names: the method, the path and the address (built only on error)."""
-        return f"{method} {path} at {self.config.address}"
+        return self._answer(method, path, status, headers, content, accept)
 
     async def _connect(
         self,
@@ -320,7 +289,7 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             ) from None
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise TransportConnectionError(
-                f"{self._where(method, path)}: {_describe(exc)}", request_sent=False
+                f"{self._where(method, path)}: {describe(exc)}", request_sent=False
             ) from None
 
     async def _receive(
@@ -363,22 +332,3 @@ class AsyncConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
                 # open without an owner.
                 conn.abort()
         return answer
-
-
-def _text(content: bytes) -> str:
-    return content.decode("utf-8", errors="replace")
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description: exception type and errno text, no request data."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{type(exc).__name__}: {exc.strerror}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return f"{type(exc).__name__}: {exc.reason}"
-    return type(exc).__name__
-
-
-def _accepted(callback: Callable[..., Any]) -> Collection[int]:
-    """The error statuses a callback interprets itself (its ``accept_statuses``)."""
-    accept: Collection[int] = getattr(callback, "accept_statuses", ())
-    return accept

@@ -26,6 +26,7 @@ from typing import Any, NoReturn, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from handler_consul._transport.base import describe
 from handler_consul._transport.connections import TransportConfig
 from handler_consul._transport.response import Headers
 
@@ -203,7 +204,7 @@ class Connection(asyncio.Protocol):
         elif exc is None:
             self._fail(ConnectionFault("the server closed the connection before answering"))
         else:
-            self._fail(ConnectionFault(f"connection lost ({_describe(exc)})"))
+            self._fail(ConnectionFault(f"connection lost ({describe(exc)})"))
 
     # -- httptools callbacks (a ConnectionFault raised here ends the exchange) ----------------
 
@@ -342,12 +343,3 @@ def _close_orphaned(transport: Any) -> None:
             return
     with contextlib.suppress(RuntimeError):
         transport.abort()
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description: exception type and errno text, no request data."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{type(exc).__name__}: {exc.strerror}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return f"{type(exc).__name__}: {exc.reason}"
-    return type(exc).__name__

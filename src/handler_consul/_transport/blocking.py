@@ -28,16 +28,21 @@ import select
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
-from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from typing import TypeVar
 
 from handler_consul._consul import consul_base
-from handler_consul._errors import redact
+from handler_consul._transport.base import (
+    Params,
+    TransportBase,
+    accepted,
+    clean,
+    describe,
+    target,
+)
 from handler_consul._transport.connections import TransportConfig, new_connection
 from handler_consul._transport.errors import (
-    HTTPStatusError,
     ResponseTooLarge,
     TransportConnectionError,
     TransportError,
@@ -49,20 +54,15 @@ from handler_consul._transport.response import ConsulHTTPResponse
 __all__ = ["ConsulTransport", "TransportConfig"]
 
 T = TypeVar("T")
-Params = Sequence[tuple[str, Any]] | Mapping[str, Any] | None
 
 # A write that fails with one of these on a reused connection failed because the server had
 # already closed it: nothing of the request can have been read by Consul.
 _DEAD_CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
-# python-consul2 ships no types, hence the ignore.
-class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
-    """A ``consul.base.HTTPClient`` that python-consul2's endpoint classes call into.
-
-    The SSL context is built by the caller (a missing CA file is a configuration error,
-    reported before any transport exists).
-    """
+class ConsulTransport(TransportBase):
+    """A ``consul.base.HTTPClient`` that python-consul2's endpoint classes call into, from
+    worker threads."""
 
     def __init__(
         self,
@@ -72,32 +72,17 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(
-            host=config.host,
-            port=config.port,
-            scheme=config.scheme,
-            verify=config.verify,
-            cert=None,
-            timeout=config.timeout,
-        )
-        self.config = config
-        self._pool_size = pool_size
+        super().__init__(config, pool_size=pool_size, token=token, ssl_context=ssl_context)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._closed = False
         # Connections whose request is sent and whose answer is awaited (abort_in_flight).
         self._receiving: set[http.client.HTTPConnection] = set()
         self._aborting = False
         self._local = threading.local()
-        self._ssl_context = ssl_context
         # Built once: the token goes in this header and nowhere else.
         self._base_headers: dict[str, str] = {"Accept": "application/json"}
-        if token:
-            self._base_headers["X-Consul-Token"] = _MaskedHeader(token)
-        self._token = _MaskedHeader(token) if token else None
-
-    def __repr__(self) -> str:
-        return f"ConsulTransport({self.config.address!r}, pool_size={self._pool_size})"
+        if self._token:
+            self._base_headers["X-Consul-Token"] = self._token
 
     # -- per-request timeout ------------------------------------------------------------
 
@@ -119,9 +104,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             return now + configured, configured
         return deadline, max(deadline - now, 0.0)
 
-    # -- consul.base.HTTPClient ----------------------------------------------------------
-    # The ``headers`` python-consul2 passes would only ever carry its own token, which the
-    # client is built without; they are ignored so the token has exactly one source.
+    # -- consul.base.HTTPClient (its ``headers`` ignored: see TransportBase) --------------
 
     def get(
         self,
@@ -130,7 +113,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("GET", path, params, None, accept=_accepted(callback)))
+        return callback(self.request("GET", path, params, None, accept=accepted(callback)))
 
     def put(
         self,
@@ -140,7 +123,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("PUT", path, params, data, accept=_accepted(callback)))
+        return callback(self.request("PUT", path, params, data, accept=accepted(callback)))
 
     def delete(
         self,
@@ -150,7 +133,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("DELETE", path, params, data, accept=_accepted(callback)))
+        return callback(self.request("DELETE", path, params, data, accept=accepted(callback)))
 
     def post(
         self,
@@ -160,7 +143,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None = "",
         headers: Mapping[str, str] | None = None,
     ) -> T:
-        return callback(self.request("POST", path, params, data, accept=_accepted(callback)))
+        return callback(self.request("POST", path, params, data, accept=accepted(callback)))
 
     # -- connections ---------------------------------------------------------------------
 
@@ -212,12 +195,6 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
 
     # -- one request ---------------------------------------------------------------------
 
-    def _target(self, path: str, params: Params) -> str:
-        target = quote(path, safe="/:")
-        if params:
-            target = f"{target}?{urlencode(params)}"
-        return target
-
     def request(
         self,
         method: str,
@@ -236,12 +213,9 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             return self._request(method, path, params, data, accept)
         except TransportError as exc:
             error = exc
-        # Raised outside the except block and without its traceback so far: no __context__
-        # links to stdlib frames, and no frame of this module, whose locals hold the request
-        # bytes or the header dict (token included), for locals-capturing error trackers.
-        error.__suppress_context__ = True
-        error.__context__ = None
-        raise error.with_traceback(None)
+        # Outside the except block: this module's frames hold the request's bytes and the
+        # header dict, token included.
+        raise clean(error)
 
     def _request(
         self,
@@ -251,19 +225,19 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
         data: str | bytes | None,
         accept: Collection[int] = (),
     ) -> consul_base.Response:
-        target = self._target(path, params)
+        where_to = target(path, params)
         body = data.encode("utf-8") if isinstance(data, str) else data
         headers = self._base_headers
         if body:
             headers = {**headers, "Content-Type": "application/octet-stream"}
         deadline, timeout = self._deadline()
-        where = f"{method} {path} at {self.config.address}"
+        where = self._where(method, path)
         conn, reused = self._checkout()
         while True:
             if conn is None:
                 conn = self._new_connection(max(deadline - time.monotonic(), 0.001))
             try:
-                _send(conn, method, target, body, headers, deadline)
+                _send(conn, method, where_to, body, headers, deadline)
             except _DEAD_CONNECTION_ERRORS as exc:
                 conn.close()
                 conn = None
@@ -306,13 +280,7 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             conn.close()
         else:
             self._checkin(conn)
-        status = response.status
-        if status >= 400 and status != 404 and status not in accept:
-            # A server that echoes the request (a proxy's error page, say) would hand the
-            # token back in the body: it is redacted before the error exists.
-            answer = redact(_text(content), self._token)
-            raise HTTPStatusError(status, answer, method=method, path=path)
-        return consul_base.Response(status, response.headers, _text(content), content)
+        return self._answer(method, path, response.status, response.headers, content, accept)
 
     def _receive(
         self, conn: http.client.HTTPConnection, deadline: float, where: str
@@ -336,12 +304,6 @@ class ConsulTransport(consul_base.HTTPClient):  # type: ignore[misc]
             # connection's position in the stream is unknown, so it is not reused.
             response.will_close = True
         return response, content
-
-
-def _accepted(callback: Callable[..., Any]) -> Collection[int]:
-    """The error statuses a callback interprets itself (its ``accept_statuses``)."""
-    accept: Collection[int] = getattr(callback, "accept_statuses", ())
-    return accept
 
 
 def _send(
@@ -390,31 +352,5 @@ def _failure(
             f"{where}: no complete answer within {timeout:.3g}s", request_sent=request_sent
         )
     if isinstance(exc, OSError | http.client.HTTPException):
-        return TransportConnectionError(f"{where}: {_describe(exc)}", request_sent=request_sent)
+        return TransportConnectionError(f"{where}: {describe(exc)}", request_sent=request_sent)
     return exc
-
-
-class _MaskedHeader(str):
-    """The token as a header value whose repr is masked.
-
-    Traceback renderers that show frame locals (Sentry, ``pytest --showlocals``) repr the
-    headers dict of a failing request; http.client only ever encodes the value.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'**********'"
-
-
-def _text(content: bytes) -> str:
-    return content.decode("utf-8", errors="replace")
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description: exception type and errno text, no request data."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{type(exc).__name__}: {exc.strerror}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return f"{type(exc).__name__}: {exc.reason}"
-    return type(exc).__name__
