@@ -923,3 +923,43 @@ async def test_shutdown_with_requests_in_flight_frees_every_slot_and_connection(
         assert len(unsent) == 2
         assert (runtime.pool.busy, runtime.pool.waiting) == (0, 0)
         assert await wait_until(lambda: sockets_to(server.port) == 0, timeout=5)
+
+
+async def test_reinitialize_with_requests_in_flight_finishes_them_and_closes_old_connections() -> (
+    None
+):
+    """Attack: initialize() again while 3 requests are held by the server. The envelopes
+    admitted before finish on the old runtime once answered (no error, no re-send); the new
+    runtime serves new envelopes; the old runtime's connections are closed, not pooled."""
+    with Serving(_held_404s) as server:
+        handler = HandlerConsul(
+            settings=ConsulSettings(
+                host=server.host, port=server.port, io="asyncio", timeout_seconds=10
+            )
+        )
+        await handler.initialize()
+        try:
+            old = handler._lifecycle.runtime
+            tasks = [
+                asyncio.ensure_future(
+                    handler.execute({"operation": "consul.kv_get", "payload": {"key": f"r/{i}"}})
+                )
+                for i in range(3)
+            ]
+            assert await wait_until(lambda: server.held == 3, timeout=5)
+            await handler.initialize()
+            assert handler._lifecycle.runtime is not old
+            server.gate.set()
+            done = await asyncio.gather(*tasks)
+            assert [r.status for r in done] == ["success"] * 3
+            assert old is not None
+            assert old.client.http.idle_connections == 0
+            after = await handler.execute({"operation": "consul.kv_get", "payload": {"key": "r"}})
+            assert after.status == "success"
+            assert len([r for r in server.request_lines if "/v1/kv/" in r]) == 4
+            new = handler._lifecycle.runtime
+            assert new is not None
+            idle = new.client.http.idle_connections
+            assert await wait_until(lambda: sockets_to(server.port) == idle, timeout=5)
+        finally:
+            await handler.shutdown()
