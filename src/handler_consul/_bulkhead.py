@@ -167,8 +167,11 @@ class AsyncBulkhead:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # woken with a slot just as the caller was cancelled
+            # Woken with a slot just as the caller was cancelled: the slot passes on. Not when
+            # the waiter was failed (wait expired, shutdown) in the same loop iteration: that
+            # waiter never got a slot, and releasing one would admit a call too many.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release()
             raise
         finally:
             deadlines.cancel(timer)

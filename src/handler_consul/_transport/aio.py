@@ -240,6 +240,13 @@ class AsyncConsulTransport(TransportBase):
         loop = asyncio.get_running_loop()
         body = data.encode("utf-8") if isinstance(data, str) else data
         remaining, timeout = self._deadline()
+        if remaining <= 0:
+            # Past its deadline, a request is not written at all (as in threads mode): on a
+            # reused connection it would otherwise leave, and its outcome become unknown.
+            raise TransportTimeout(
+                f"{self._where(method, path)}: no complete answer within {timeout:.3g}s",
+                request_sent=False,
+            )
         # The loop's clock may not be time.monotonic()'s (uvloop's is not): convert once.
         loop_deadline = loop.time() + remaining
         conn = self._checkout(loop)

@@ -259,7 +259,15 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         answer: Answer = (status, self._headers, b"".join(self._body))
         self._body = []
-        self.reusable = keep_alive and not self.lost
+        # Not reusable while part of the request is still unwritten (the server answered
+        # before reading it all): the next request would follow the rest of this one's body.
+        transport = self.transport
+        self.reusable = (
+            keep_alive
+            and not self.lost
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        )
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
