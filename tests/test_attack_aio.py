@@ -963,3 +963,69 @@ async def test_reinitialize_with_requests_in_flight_finishes_them_and_closes_old
             assert await wait_until(lambda: sockets_to(server.port) == idle, timeout=5)
         finally:
             await handler.shutdown()
+
+
+@pytest.mark.parametrize("io", ["threads", "asyncio"])
+def test_a_second_event_loop_is_refused_while_another_has_envelopes_in_flight(io: str) -> None:
+    """Attack: one handler driven by two event loops in two threads at once. DEFECT (fixed):
+    its pools, bulkhead and connections answer to one loop; in asyncio mode most envelopes
+    of both loops timed out or found no slot, in threads mode a caller was left waiting. Now
+    an envelope of a second loop, while the first loop has one in flight, is refused at once
+    with InfraUnavailableError naming the rule (nothing sent); once the first loop's
+    envelopes are done, the other loop is served: loops take turns."""
+    with Serving(_held_404s) as server:
+        handler = HandlerConsul(
+            settings=ConsulSettings(host=server.host, port=server.port, io=io, timeout_seconds=10)
+        )
+        asyncio.run(handler.initialize())
+        held = threading.Event()
+        first: list[Any] = []
+
+        def first_loop() -> None:
+            async def go() -> Any:
+                env = {"operation": "consul.kv_get", "payload": {"key": "loops/a"}}
+                task = asyncio.ensure_future(handler.execute(env))
+                assert await wait_until(lambda: server.held == 1, timeout=5)
+                held.set()
+                return await task
+
+            first.append(asyncio.run(go()))
+
+        thread = threading.Thread(target=first_loop, name="first-loop")
+        thread.start()
+        try:
+            assert held.wait(10)
+            second = {"operation": "consul.kv_get", "payload": {"key": "loops/b"}}
+            with pytest.raises(InfraUnavailableError, match="another event loop") as refused:
+                asyncio.run(handler.execute(second))
+            assert refused.value.context.request_sent is False
+            assert [r for r in server.request_lines if "/v1/kv/" in r] == [
+                line for line in server.request_lines if "loops/a" in line
+            ]
+        finally:
+            server.gate.set()
+            thread.join(15)
+        assert not thread.is_alive()
+        assert first[0].status == "success"
+        taken_turn = asyncio.run(handler.execute(second))
+        assert taken_turn.status == "success"
+        assert any("loops/b" in line for line in server.request_lines)
+        asyncio.run(handler.shutdown())
+
+
+def test_the_token_header_line_is_masked_however_it_is_printed(consul_agent: ConsulAgent) -> None:
+    """Attack: the transport's prepared token header printed as a locals-capturing tracker
+    or a careless log line would (repr, str, %s, format). DEFECT (fixed): only repr() was
+    masked; bytes' own str() printed the token."""
+    transport = AsyncConsulTransport(
+        build_client(
+            ConsulSettings(host=consul_agent.host, port=consul_agent.port, io="asyncio")
+        ).http.config,
+        pool_size=1,
+        token=SENTINEL_TEXT,
+    )
+    line = transport._auth
+    for shown in (repr(line), str(line), "%s" % (line,), f"{line}", format(line, "")):  # noqa: UP031
+        assert SENTINEL_TEXT not in shown
+        assert "**********" in shown
+    assert SENTINEL_TEXT.encode("ascii") in bytes(line)  # what is written is the token itself

@@ -10,6 +10,7 @@ docs/patterns/architecture.md draws the whole map.
 from __future__ import annotations
 
 import random
+from asyncio import get_running_loop
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -214,7 +215,11 @@ class HandlerConsul(MixinAsyncCircuitBreaker):
         breaker = self._cb_breakers.get(target)
         if breaker is None:
             breaker = self.circuit_breaker(datacenter)
-        lifecycle.enter()
+        busy = lifecycle.enter(get_running_loop())
+        if busy is not None:
+            raise InfraUnavailableError(
+                busy, context=make_context(fields, InfraUnavailableError, attempts=0)
+            )
         try:
             if operation.serve is None or not operation.served(payload):
                 result, attempts = await runtime.attempts.run(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -45,6 +46,10 @@ _REFUSALS: dict[State, str | None] = {
     "shutting_down": "HandlerConsul is shutting down and accepts no new envelopes",
     "shut_down": "HandlerConsul is shut down: call initialize() again to reuse it",
 }
+_OTHER_LOOP = (
+    "HandlerConsul is serving envelopes of another event loop (another thread) right now: a "
+    "handler serves one event loop at a time; give each loop its own HandlerConsul"
+)
 _ABORTED = "initialize() was aborted: shutdown() was called while it ran"
 
 
@@ -63,6 +68,9 @@ class Lifecycle:
         self.runtime: Runtime | None = None
         self.state: State = "new"
         self.in_flight = 0
+        # The loop of the envelopes in flight (enter()); the lock only when it may change.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
         self._breakers = breakers
         self._base = base
         self._clock = clock
@@ -77,11 +85,26 @@ class Lifecycle:
         """Why a new envelope is refused now, or None when it is admitted."""
         return _REFUSALS[self.state]
 
-    def enter(self) -> None:
-        """Count an envelope in flight, so shutdown can wait for it; ``leave()`` when it is
-        done, in a ``finally`` (plain calls: a context manager object per envelope cost a
-        microsecond, a twentieth of a cached read)."""
-        self.in_flight += 1
+    def enter(self, loop: asyncio.AbstractEventLoop) -> str | None:
+        """Count an envelope of ``loop`` in flight, so shutdown can wait for it, and return
+        None; ``leave()`` when it is done, in a ``finally`` (plain calls: a context manager
+        object per envelope cost a microsecond, a twentieth of a cached read).
+
+        A handler serves one event loop at a time: its pools, bulkhead and connections
+        answer to the loop of the envelopes in flight. An envelope from another loop while
+        any is in flight is refused (the reason is returned, nothing is counted); run
+        one after the other, loops may take turns. Found by a review: two loops in two
+        threads at once wedged a caller in threads mode and starved both in asyncio mode.
+        """
+        if loop is self._loop and self.in_flight:
+            self.in_flight += 1  # the loop already serving: no other loop can be let in now
+            return None
+        with self._loop_lock:
+            if self.in_flight and loop is not self._loop:
+                return _OTHER_LOOP
+            self._loop = loop
+            self.in_flight += 1
+            return None
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -82,6 +82,9 @@ class _MaskedBytes(bytes):
     def __repr__(self) -> str:
         return "b'X-Consul-Token: **********'"
 
+    # bytes' own str() (and so %s and format()) would not go through __repr__.
+    __str__ = __repr__
+
 
 class AsyncConsulTransport(TransportBase):
     """A ``consul.base.HTTPClient`` whose methods are coroutines.
