@@ -45,7 +45,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -624,3 +624,15 @@ def forward_then_drop_for() -> Iterator[Callable[..., harness.ForwardThenDrop]]:
 
 
 # ---- end of misbehaving servers ----------------------------------------------------------
+
+
+@pytest.fixture(params=["default-loop", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Runs a scenario to completion on asyncio's default loop, then on uvloop (the asyncio
+    transport's tests)."""
+    import uvloop
+
+    runner: Callable[[Coroutine[Any, Any, Any]], Any] = (
+        asyncio.run if request.param == "default-loop" else uvloop.run
+    )
+    return runner

@@ -20,12 +20,11 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 from harness import (
     ConsulAgent,
     CountingProxy,
@@ -36,10 +35,17 @@ from harness import (
     TrickleHeaders,
 )
 from support import SENTINEL_TEXT, recording_proxy, scripted_server, uniq, wait_until
+from support.aioloops import (
+    DEADLINE,
+    MARGIN,
+    Run,
+    client_for,
+    closing,
+    timed,
+)
 from support.rawserver import ScriptedAnswers, answer
 
 from handler_consul import ConsulSettings
-from handler_consul._client import ConsulClient
 from handler_consul._runtime import build_client
 from handler_consul._transport import (
     HTTPStatusError,
@@ -53,41 +59,6 @@ pytestmark = [
     pytest.mark.io_independent("the asyncio transport itself, on both event loops"),
     pytest.mark.usefixtures("clean_consul_env"),
 ]
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-DEADLINE = 1.0
-MARGIN = 0.5
-
-
-@pytest.fixture(params=["default-loop", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Run:
-    runner: Run = asyncio.run if request.param == "default-loop" else uvloop.run
-    return runner
-
-
-def client_for(target: Any, **settings: Any) -> ConsulClient:
-    return build_client(
-        ConsulSettings(host=target.host, port=target.port, **settings), io="asyncio"
-    )
-
-
-async def closing(client: ConsulClient, scenario: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``scenario``, then close the client's connections on this loop."""
-    try:
-        return await scenario
-    finally:
-        client.http.close()
-        await asyncio.sleep(0)
-
-
-async def timed(awaitable: Any) -> tuple[BaseException | None, float, Any]:
-    started = time.monotonic()
-    try:
-        result = await awaitable
-    except Exception as exc:
-        return exc, time.monotonic() - started, None
-    return None, time.monotonic() - started, result
-
 
 # -- keep-alive, the token header, no environment proxy ------------------------------------------
 

@@ -14,7 +14,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,14 @@ from httptools import HttpRequestParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import SENTINEL_TEXT, uniq, wait_until
+from support.aioloops import (
+    DEADLINE,
+    MARGIN,
+    Run,
+    client_for,
+    closing,
+    timed,
+)
 from support.rawserver import ScriptedAnswers, answer
 from support.secrets import assert_error_clean, assert_introspection_clean, assert_logs_clean
 
@@ -37,7 +45,6 @@ from handler_consul import (
     InfraUnavailableError,
 )
 from handler_consul._bulkhead import AsyncBulkhead
-from handler_consul._client import ConsulClient
 from handler_consul._pool import PoolClosed
 from handler_consul._runtime import build_client
 from handler_consul._transport import (
@@ -56,39 +63,6 @@ pytestmark = [
     pytest.mark.io_independent("the asyncio mode only: every handler here sets io='asyncio'"),
     pytest.mark.usefixtures("clean_consul_env"),
 ]
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-DEADLINE = 1.0
-MARGIN = 0.5
-
-
-@pytest.fixture(params=["default-loop", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Run:
-    runner: Run = asyncio.run if request.param == "default-loop" else uvloop.run
-    return runner
-
-
-def client_for(target: Any, **settings: Any) -> ConsulClient:
-    return build_client(
-        ConsulSettings(host=target.host, port=target.port, **settings), io="asyncio"
-    )
-
-
-async def closing(client: ConsulClient, scenario: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        return await scenario
-    finally:
-        client.http.close()
-        await asyncio.sleep(0)
-
-
-async def timed(awaitable: Any) -> tuple[BaseException | None, float, Any]:
-    started = time.monotonic()
-    try:
-        result = await awaitable
-    except Exception as exc:
-        return exc, time.monotonic() - started, None
-    return None, time.monotonic() - started, result
 
 
 class Serving(_Server):
