@@ -424,3 +424,35 @@ async def test_a_key_step_sends_the_consistency_it_is_given(
     assert step["result"]["value"] == "v"
     (path,) = proxy.paths
     assert consistency in path.partition("?")[2].split("&") or f"{consistency}=1" in path
+
+
+async def test_a_large_cached_read_is_copied_in_steps_so_the_loop_runs_in_between(
+    handler, consul_agent
+):
+    """Each reader of a cached prefix gets its own copy of the entries; for thousands of
+    entries the copy is made in steps, and other tasks run between them (ten readers of a
+    3,000-key prefix once held the loop in one iteration). The copy is whole and private."""
+    prefix = uniq("big-cached")
+    for start in range(0, 2000, 64):
+        ops = [
+            {"KV": {"Verb": "set", "Key": f"{prefix}/k{i:05d}", "Value": "dg=="}}
+            for i in range(start, min(start + 64, 2000))
+        ]
+        assert consul_agent.request("PUT", "/v1/txn", ops).status == 200
+    read = envelope("kv_get", key=f"{prefix}/", recurse=True, consistency="cached")
+    first = (await handler.execute(read)).result
+    assert len(first["items"]) == 2000
+    seen: list[bool] = []
+    reading = asyncio.ensure_future(handler.execute(read))
+
+    async def other() -> None:
+        seen.append(reading.done())
+
+    await asyncio.gather(reading, other())
+    assert seen == [False]  # ran while the read was still copying
+    second = reading.result().result
+    assert second["source"] == "consul"
+    assert [i["key"] for i in second["items"]] == [i["key"] for i in first["items"]]
+    second["items"][0]["value"] = "mutated"
+    third = (await handler.execute(read)).result
+    assert third["items"][0]["value"] == "v"
