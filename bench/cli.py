@@ -203,6 +203,8 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
     if aiohttp_note is None:
         baselines.append(await C.make_consul2_aio(host, port))
         baselines += [await C.make_aiohttp(host, port, pool) for pool in args.aio_pools]
+        # The same work as the handler's answer (JSON, base64), at the default bound only.
+        baselines.append(await C.make_aiohttp(host, port, min(args.aio_pools), decoded=True))
     else:
         log(f"bench: {aiohttp_note}; raw aiohttp and consul.aio not measured")
     handlers = {}
@@ -463,6 +465,9 @@ async def comparison(args: argparse.Namespace, agent: Any, log: Any) -> dict[str
         pairs = [(f"aio{p}", f"handler{p}") for p in args.aio_pools if p in handlers]
         pairs += [(f"aio{p}", f"aiohttp{p}") for p in args.aio_pools]
         pairs += [(f"abare{p}", f"aiohttp{p}") for p in args.aio_pools]
+        if args.aio_pools:
+            least = min(args.aio_pools)
+            pairs += [(f"aio{least}", f"aiohttpd{least}"), (f"aiohttpd{least}", f"aiohttp{least}")]
         pairs += [(f"aio{p}", f"abare{p}") for p in args.aio_pools]
         pairs += [(f"aio{default_aio}", "consul2aio"), (f"aio{default_aio}", "consul2")]
         pairs += [(f"aio{max(args.aio_pools)}", f"handler{default_pool}")] if args.aio_pools else []

@@ -20,6 +20,7 @@ task on the same loop (how late the loop wakes it up).
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import math
 import time
@@ -276,29 +277,38 @@ def aiohttp_missing() -> str | None:
     return None
 
 
-async def make_aiohttp(host: str, port: int, limit: int) -> Contender:
+async def make_aiohttp(host: str, port: int, limit: int, *, decoded: bool = False) -> Contender:
+    """Raw aiohttp. By default it reads the answer's bytes and stops there: the least an HTTP
+    client can do. With ``decoded``, it also does what a kv_get or kv_put is for, as every
+    other contender does (python-consul2 underneath): the JSON parsed with aiohttp's own
+    ``response.json()`` and the value base64-decoded to text."""
     import aiohttp
 
     # One session, a connector bounded like the handler, no environment proxies (trust_env
     # is off by default): the way a careful aiohttp user calls Consul's HTTP API directly.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
+    name = f"aiohttpd{limit}" if decoded else f"aiohttp{limit}"
     get_url = f"http://{host}:{port}/v1/kv/{GET_KEY}"
-    put_url = f"http://{host}:{port}/v1/kv/{_put_key(f'aiohttp-{limit}')}"
+    put_url = f"http://{host}:{port}/v1/kv/{_put_key(name)}"
 
-    async def get() -> bytes:
+    async def get() -> Any:
         async with session.get(get_url) as response:
             response.raise_for_status()
-            return await response.read()
+            if not decoded:
+                return await response.read()
+            entries = await response.json()
+            return base64.b64decode(entries[0]["Value"]).decode("utf-8")
 
-    async def put() -> bytes:
+    async def put() -> Any:
         async with session.put(put_url, data=VALUE) as response:
             response.raise_for_status()
-            return await response.read()
+            return await response.json() if decoded else await response.read()
 
     async def close() -> None:
         await session.close()
 
-    return Contender(f"aiohttp{limit}", f"raw aiohttp, limit {limit}", limit, get, put, close)
+    label = f"raw aiohttp, limit {limit}" + (", answer decoded" if decoded else "")
+    return Contender(name, label, limit, get, put, close)
 
 
 async def make_consul2_aio(host: str, port: int) -> Contender:

@@ -160,6 +160,17 @@ def _asyncio_targets(comp: dict[str, Any], pool: int) -> list[dict[str, Any]]:
                 ">= 1.5x",
             )
         )
+        out.append(
+            _target(
+                f"{op}.asyncio_vs_aiohttp_decoded",
+                f"{op} throughput, asyncio mode vs raw aiohttp that also decodes the answer "
+                f"(JSON, base64) as the handler does, both bound {aio}, 64 in flight",
+                derived.get(f"{op}.c64.aio{aio}/aiohttpd{aio}"),
+                "x",
+                None,
+                "reported",
+            )
+        )
         cell = cells.get(f"aio{aio}.{op}.c256") or {}
         out.append(
             _target(
