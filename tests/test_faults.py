@@ -22,6 +22,7 @@ support/faults.py.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -201,16 +202,26 @@ async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
             async with watching(handler, cluster_config(follower.http_port, io_mode)) as watch:
                 load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
                 await load.run_for(1.5)
+                healthy_until = asyncio.get_running_loop().time()
                 killed = await in_thread(consul_cluster.kill_leader)
                 assert killed is not follower
                 await load.run_for(4.0)
                 await in_thread(lambda: consul_cluster.wait_for_leader(exclude=killed))
+                healthy_from = asyncio.get_running_loop().time()
                 await load.run_for(2.0)
                 pending = await load.finish(HARD_BOUND)
                 assert not pending
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
                 acked, lost = await read_back(handler, load)
-            await check_cluster(load, watch, io_mode, acked=acked, lost=lost, must_open=False)
+            await check_cluster(
+                load,
+                watch,
+                io_mode,
+                acked=acked,
+                lost=lost,
+                must_open=False,
+                healthy=(healthy_until, healthy_from),
+            )
         emit(
             summarize(
                 f"cluster-leader-killed (handler on a follower) [{io_mode}]",
@@ -236,16 +247,26 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
             async with watching(handler, cluster_config(leader.http_port, io_mode)) as watch:
                 load = Load(handler, puts(prefix), rate=25, deadline=4.0).start()
                 await load.run_for(1.5)
+                healthy_until = asyncio.get_running_loop().time()
                 await in_thread(leader.kill)
                 await load.run_for(2.5)
                 assert watch.breaker_state() == "open"
                 await in_thread(consul_cluster.restart, leader)  # same ports and data dir
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=15)
+                healthy_from = asyncio.get_running_loop().time()
                 await load.run_for(2.0)
                 pending = await load.finish(HARD_BOUND)
                 assert not pending
                 acked, lost = await read_back(handler, load)
-            await check_cluster(load, watch, io_mode, acked=acked, lost=lost, must_open=True)
+            await check_cluster(
+                load,
+                watch,
+                io_mode,
+                acked=acked,
+                lost=lost,
+                must_open=True,
+                healthy=(healthy_until, healthy_from),
+            )
         emit(
             summarize(
                 f"cluster-leader-killed (handler on the leader) [{io_mode}]",
@@ -262,14 +283,29 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
 
 
 async def check_cluster(
-    load: Load, watch: Watch, io_mode: str, *, acked: int, lost: list[str], must_open: bool
+    load: Load,
+    watch: Watch,
+    io_mode: str,
+    *,
+    acked: int,
+    lost: list[str],
+    must_open: bool,
+    healthy: tuple[float, float],
 ) -> None:
     assert not load.untyped()
     overruns = load.overruns(EPSILON)
     assert not overruns, [(o.index, round(o.elapsed, 3), o.kind) for o in overruns]
     check_bound(watch, io_mode)
     assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:5]}"
-    assert acked >= len(load.outcomes) // 2, (acked, load.counts())
+    # The load really ran: most envelopes started while the cluster could serve the handler
+    # (before the kill, after the recovery) were acknowledged. Counted over those windows,
+    # not the whole run: how long the outage lasts (a restart, an election) depends on the
+    # machine's load, and every envelope in it fails fast by design.
+    until, since = healthy
+    served = [o for o in load.outcomes if o.started < until or o.started >= since]
+    assert served
+    assert acked >= 1
+    assert sum(o.kind == "ok" for o in served) >= len(served) // 2, (len(served), load.counts())
     assert watch.breaker_state() == "closed"
     path = watch.transitions.path
     if must_open or path:
