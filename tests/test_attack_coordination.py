@@ -528,28 +528,14 @@ async def test_lock_whose_txn_answer_is_lost_still_gets_the_lock_with_its_raft_i
     """Promise (_try_lock): a lock write with an unknown outcome is never re-sent; the
     leader is asked who holds the key, and a lock that landed is ours with its Raft index
     as the fencing token. Attack: drop exactly the answer of the lock transaction."""
-    import threading
-
     key = f"{uniq('atk-droptxn')}/k"
     proxy = forward_then_drop_for(consul_agent, drop=0)
     handler = await make_handler(proxy, retry={"initial_delay_seconds": 0.0})
-    base = proxy.forwarded
-    stop = threading.Event()
-
-    def arm() -> None:  # session_create passes; the next request (the txn) is dropped
-        while not stop.is_set():
-            if proxy.forwarded >= base + 1:
-                proxy.drop_next(1)
-                return
-            time.sleep(0.0002)
-
-    arming = threading.Thread(target=arm, daemon=True)
-    arming.start()
-    try:
-        lease = await asyncio.wait_for(handler.lock(key, ttl="10s", wait=5), 15)
-    finally:
-        stop.set()
-        arming.join(2)
+    # The lock's transaction is the first PUT /v1/txn (session_create passes): chosen by
+    # the proxy as it arrives (a thread arming the drop after session_create raced a fast
+    # handler on a loaded machine).
+    proxy.drop_matching("PUT /v1/txn", 1)
+    lease = await asyncio.wait_for(handler.lock(key, ttl="10s", wait=5), 15)
     try:
         assert [line.split()[:2] for line in proxy.dropped_request_lines] == [["PUT", "/v1/txn"]]
         entry = consul_agent.request("GET", f"/v1/kv/{key}?consistent").json()[0]

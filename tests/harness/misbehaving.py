@@ -554,6 +554,7 @@ class ForwardThenDrop(_Server):
         self.close_with = close_with
         self.connect_timeout = connect_timeout
         self._drops_left = drop
+        self._drop_prefix: str | None = None  # drop only requests whose line starts so
         self._forwarded = 0
         self._dropped = 0
         self._passed = 0
@@ -563,6 +564,15 @@ class ForwardThenDrop(_Server):
         """Drop the answers of the next ``n`` forwarded requests, then pass answers through."""
         with self._lock:
             self._drops_left = n
+            self._drop_prefix = None
+
+    def drop_matching(self, line_prefix: str, n: int = 1) -> None:
+        """Drop the answers of the next ``n`` requests whose request line starts with
+        ``line_prefix`` (``"PUT /v1/txn"``); every other answer passes. No race with the
+        client: the choice is made as each request arrives."""
+        with self._lock:
+            self._drops_left = n
+            self._drop_prefix = line_prefix
 
     def drop_all(self) -> None:
         with self._lock:
@@ -594,8 +604,10 @@ class ForwardThenDrop(_Server):
         with self._lock:
             return list(self._dropped_lines)
 
-    def _take_drop(self) -> bool:
+    def _take_drop(self, line: str) -> bool:
         with self._lock:
+            if self._drop_prefix is not None and not line.startswith(self._drop_prefix):
+                return False
             if self._drops_left is None:
                 return True
             if self._drops_left > 0:
@@ -640,7 +652,7 @@ class ForwardThenDrop(_Server):
                     except OSError:
                         return
                     upstream = _Conn(self, sock)
-                drop = self._take_drop()
+                drop = self._take_drop(req.line)
                 upstream.send(req.for_upstream())
                 with self._lock:
                     self._forwarded += 1
