@@ -184,12 +184,63 @@ def test_an_answer_framed_by_the_end_of_the_stream_is_read_whole(run: Run) -> No
             "more than 100 headers",
         ),
         (b"SMTP ready\r\n\r\n", "malformed answer"),
+        # Framing two parsers could read differently (the raw material of response
+        # smuggling): refused as malformed, never read one way.
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"ab"x',
+            "malformed answer",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'4\r\n"ab"\r\n0\r\n\r\n',
+            "malformed answer",
+        ),
+        (
+            b'HTTP/1.1 200 OK\nContent-Length: 4\n\n"ab"',
+            "malformed answer",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"ab"',
+            "malformed answer",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length : 4\r\n\r\n"ab"',
+            "malformed answer",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 4\r\n\r\n"ab"',
+            "malformed answer",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'ffffffffffffffffff\r\n"ab"\r\n0\r\n\r\n',
+            "malformed answer",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 4\r\n\r\n"ab"',
+            "malformed answer",
+        ),
     ],
-    ids=["101", "bad-length", "too-many-headers", "not-http"],
+    ids=[
+        "101",
+        "bad-length",
+        "too-many-headers",
+        "not-http",
+        "two-lengths",
+        "length-and-chunked",
+        "bare-lf",
+        "negative-length",
+        "space-before-colon",
+        "obs-fold",
+        "chunk-size-overflow",
+        "nul-in-header",
+    ],
 )
 def test_a_protocol_error_fails_the_request_and_drops_the_connection(
     run: Run, raw: bytes, why: str
 ) -> None:
+    """A 101, a malformed or ambiguously framed answer, too many headers: the request fails
+    as sent, the connection is dropped, and the next request gets its answer on a new one."""
     with ScriptedAnswers([raw, answer("200 OK", b'"ok"')]) as server:
         client = client_for(server, timeout_seconds=5)
 

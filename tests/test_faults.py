@@ -213,15 +213,8 @@ async def test_fault_cluster_leader_killed_while_writes_continue_via_a_follower(
                 assert not pending
                 assert await wait_until(lambda: watch.breaker_state() == "closed", timeout=10)
                 acked, lost = await read_back(handler, load)
-            await check_cluster(
-                load,
-                watch,
-                io_mode,
-                acked=acked,
-                lost=lost,
-                must_open=False,
-                healthy=(healthy_until, healthy_from),
-            )
+            healthy = (healthy_until, healthy_from)
+            await check_cluster(load, watch, io_mode, acked, lost, must_open=False, healthy=healthy)
         emit(
             summarize(
                 f"cluster-leader-killed (handler on a follower) [{io_mode}]",
@@ -258,15 +251,8 @@ async def test_fault_cluster_leader_killed_under_the_handler_and_restarted(
                 pending = await load.finish(HARD_BOUND)
                 assert not pending
                 acked, lost = await read_back(handler, load)
-            await check_cluster(
-                load,
-                watch,
-                io_mode,
-                acked=acked,
-                lost=lost,
-                must_open=True,
-                healthy=(healthy_until, healthy_from),
-            )
+            healthy = (healthy_until, healthy_from)
+            await check_cluster(load, watch, io_mode, acked, lost, must_open=True, healthy=healthy)
         emit(
             summarize(
                 f"cluster-leader-killed (handler on the leader) [{io_mode}]",
@@ -286,9 +272,9 @@ async def check_cluster(
     load: Load,
     watch: Watch,
     io_mode: str,
-    *,
     acked: int,
     lost: list[str],
+    *,
     must_open: bool,
     healthy: tuple[float, float],
 ) -> None:
